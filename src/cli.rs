@@ -1,0 +1,121 @@
+//! Command-line syntax: subcommands and flags only. No I/O here; `commands` carries them out.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// portcullis: a mutual-TLS reverse proxy and API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-c FILE`, shared by the commands that read gateway.yaml.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "PORTCULLIS_CONFIG",
+        default_value = "gateway.yaml",
+        value_name = "FILE"
+    )]
+    pub path: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: terminate mTLS, authorize and forward, until SIGTERM or SIGINT (SIGHUP reloads).
+    Run(ConfigArg),
+    /// Validate the configuration and the files it names; exit 0 when valid, 1 otherwise.
+    Check(ConfigArg),
+    /// First run: create ./certs if missing, start an echo upstream and the gateway from
+    /// ./gateway.yaml, and print curl commands to try.
+    Demo(ConfigArg),
+    /// Exit 0 when the admin listener's /readyz answers 200 (for Docker HEALTHCHECK).
+    Health {
+        /// The admin listener's address.
+        #[arg(
+            long,
+            env = "PORTCULLIS_ADMIN",
+            default_value = "127.0.0.1:9901",
+            value_name = "ADDR"
+        )]
+        admin: String,
+    },
+    /// Development PKI: a CA, server and client certificates, and a CRL.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `portcullis certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create DIR/ca.crt+key, server.crt+key (localhost, 127.0.0.1, ::1 and --host names),
+    /// clients/NAME.crt+key and an empty ca.crl. Refuses a folder that already has a CA.
+    Init {
+        /// Where to write.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A client certificate to issue, as NAME or NAME:OU (repeatable).
+        #[arg(long = "client", value_name = "NAME[:OU]")]
+        clients: Vec<String>,
+        /// An extra server name or IP address (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Issue DIR/clients/NAME.crt and NAME.key, signed by DIR/ca.key.
+    Issue {
+        /// Subject common name (also the file name).
+        #[arg(long)]
+        cn: String,
+        /// Subject organization.
+        #[arg(long)]
+        o: Option<String>,
+        /// Subject organizational unit.
+        #[arg(long)]
+        ou: Option<String>,
+        /// A URI SAN such as a SPIFFE ID (repeatable).
+        #[arg(long = "san-uri", value_name = "URI")]
+        san_uri: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// The PKI folder.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Add a certificate to DIR/ca.crl and re-sign it.
+    Revoke {
+        /// The serial number in hex.
+        #[arg(
+            long,
+            required_unless_present = "cert",
+            conflicts_with = "cert",
+            value_name = "HEX"
+        )]
+        serial: Option<String>,
+        /// The certificate file to revoke.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// The PKI folder.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

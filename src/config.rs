@@ -1,0 +1,344 @@
+//! The configuration: `gateway.yaml` read, checked and resolved into typed settings.
+//!
+//! `load` reads a file; `from_str` takes text plus the path it came from, so tests and tools
+//! need no files. This module owns parsing and validation only. It opens no certificate files:
+//! `tls` does, and reports problems against the positions kept in [`FileRef`].
+
+mod error;
+mod raw;
+mod resolve;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+
+pub(crate) use error::Problems;
+pub use error::{ConfigError, ConfigErrors, Pos};
+
+/// A fully resolved configuration. Cheap to share behind an `Arc`; never mutated.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this came from, as given.
+    pub path: PathBuf,
+    /// The mTLS listener address.
+    pub listen: SocketAddr,
+    /// TLS termination settings.
+    pub tls: TlsSettings,
+    /// The plaintext admin listener, when enabled.
+    pub admin: Option<AdminSettings>,
+    /// Upstreams, referenced by index from routes.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Who is who, in file order.
+    pub principals: Vec<Principal>,
+    /// Routes, in file order: the first match wins.
+    pub routes: Vec<RouteSettings>,
+    /// What is sent upstream about the caller.
+    pub forward: ForwardSettings,
+    /// Size limits, timeouts and the connection ceiling.
+    pub limits: Limits,
+    /// Log format and the access log switch.
+    pub logging: LoggingSettings,
+}
+
+/// A file named in the configuration, with where it was named (for error messages).
+#[derive(Clone, Debug)]
+pub struct FileRef {
+    /// Resolved against the configuration file's folder.
+    pub path: PathBuf,
+    /// Position of the value in the configuration file.
+    pub pos: Pos,
+    /// Key path, e.g. `tls.cert`.
+    pub key: String,
+}
+
+/// `tls:` settings.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// Server certificate chain (PEM).
+    pub cert: FileRef,
+    /// Server private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: FileRef,
+    /// Trust bundle for client certificates; required unless `client_auth: off`.
+    pub client_ca: Option<FileRef>,
+    /// Whether a client certificate is required, optional or not asked for.
+    pub client_auth: ClientAuth,
+    /// Certificate revocation lists (PEM or DER).
+    pub crls: Vec<FileRef>,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+}
+
+/// `tls.client_auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Handshakes without a valid client certificate fail.
+    Required,
+    /// A certificate is asked for and verified when sent; its absence is allowed.
+    Optional,
+    /// No certificate is asked for.
+    Off,
+}
+
+/// `tls.min_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `admin:` settings.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Plaintext listener for /healthz, /readyz and /metrics.
+    pub listen: SocketAddr,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// The key under `upstreams:`.
+    pub name: String,
+    /// `http://host:port` (a path, if any, is prefixed to every forwarded path).
+    pub url: Uri,
+    /// Deadline for the TCP connect.
+    pub connect_timeout: Duration,
+    /// Deadline until the response head arrives.
+    pub timeout: Duration,
+}
+
+/// One entry of `principals:`.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// Its name, forwarded in `x-client-principals`.
+    pub name: String,
+    /// Matches a verified client certificate.
+    pub cert: Option<CertMatcher>,
+    /// Roles granted to callers matching this principal.
+    pub roles: Vec<String>,
+}
+
+/// Globs on the fields of a verified client certificate; every given field must match.
+#[derive(Clone, Debug, Default)]
+pub struct CertMatcher {
+    /// Any subject common name.
+    pub cn: Option<Glob>,
+    /// Any subject organization.
+    pub o: Option<Glob>,
+    /// Any subject organizational unit.
+    pub ou: Option<Glob>,
+    /// Any DNS subject alternative name (case-insensitive).
+    pub san_dns: Option<Glob>,
+    /// Any URI subject alternative name.
+    pub san_uri: Option<Glob>,
+    /// Any e-mail subject alternative name.
+    pub san_email: Option<Glob>,
+    /// SHA-256 of the certificate's DER.
+    pub fingerprint_sha256: Option<[u8; 32]>,
+}
+
+/// A glob with `*` (any run of characters) and `?` (one character).
+#[derive(Clone, Debug)]
+pub struct Glob {
+    pattern: String,
+    matcher: wildmatch::WildMatch,
+    case_insensitive: bool,
+}
+
+/// One entry of `routes:`.
+#[derive(Clone, Debug)]
+pub struct RouteSettings {
+    /// Its name, used in logs, metrics and tests.
+    pub name: String,
+    /// How requests are matched.
+    pub matcher: RouteMatch,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Who may pass.
+    pub allow: Allow,
+    /// Removed from the front of the path before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Whether `Upgrade: websocket` passes through.
+    pub websocket: bool,
+}
+
+/// `routes[].match`.
+#[derive(Clone, Debug)]
+pub struct RouteMatch {
+    /// The normalized path must equal this.
+    pub exact: Option<String>,
+    /// The normalized path must be this or lie below it (segment-aware, no trailing `/`).
+    pub prefix: Option<String>,
+    /// The request host (without port) must match this glob.
+    pub host: Option<Glob>,
+    /// The method must be one of these; `None` means any.
+    pub methods: Option<Vec<Method>>,
+}
+
+/// `routes[].allow`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allow {
+    /// Everyone, even without any credential.
+    Anyone,
+    /// Any verified credential, even one that matches no principal.
+    Authenticated,
+    /// Callers holding any of these roles.
+    Roles(Vec<String>),
+}
+
+/// `forward:` settings.
+#[derive(Clone, Debug)]
+pub struct ForwardSettings {
+    /// Header carrying the caller's identity.
+    pub identity: HeaderName,
+    /// Header carrying the matched principal names.
+    pub principals: HeaderName,
+    /// Header carrying the caller's roles.
+    pub roles: HeaderName,
+    /// Header carrying the verified factors.
+    pub factors: HeaderName,
+    /// Header carrying the client certificate.
+    pub client_cert: HeaderName,
+    /// How the client certificate is encoded.
+    pub client_cert_format: CertFormat,
+    /// Header carrying the request id (also on responses).
+    pub request_id: HeaderName,
+    /// Whether X-Forwarded-For/-Proto/-Host are set.
+    pub x_forwarded: bool,
+    /// Whether consumed credentials are forwarded upstream.
+    pub credentials: bool,
+}
+
+/// `forward.headers.client_cert_format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertFormat {
+    /// Envoy's `x-forwarded-client-cert` format.
+    Xfcc,
+    /// RFC 9440 `Client-Cert: :base64(DER):`.
+    Rfc9440,
+}
+
+/// `limits:` settings.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request head accepted (431 above).
+    pub max_header_bytes: usize,
+    /// Largest request body accepted (413 above), enforced while streaming.
+    pub max_body_bytes: u64,
+    /// Deadline for a request head to arrive completely (slow-loris guard).
+    pub header_timeout: Duration,
+    /// Deadline for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// How long a drain waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// `logging:` settings.
+#[derive(Clone, Debug)]
+pub struct LoggingSettings {
+    /// Text, JSON, or chosen by whether stdout is a terminal.
+    pub format: LogFormat,
+    /// Whether one line per request is logged.
+    pub access_log: bool,
+}
+
+/// `logging.format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Reads and resolves a configuration file.
+///
+/// # Errors
+/// Every problem found, each with file, line, column and key path; an unreadable file is
+/// reported as a single problem.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => from_str(&text, path),
+        Err(e) => {
+            let file = path.display().to_string();
+            let error = ConfigError {
+                file: file.clone(),
+                pos: Pos::default(),
+                key: String::new(),
+                message: format!("cannot read the configuration: {e}"),
+            };
+            Err(ConfigErrors {
+                file,
+                errors: vec![error],
+            })
+        }
+    }
+}
+
+/// Resolves configuration text; `path` is where it came from (relative file paths inside are
+/// resolved against its folder).
+///
+/// # Errors
+/// Every problem found, each with file, line, column and key path.
+pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    resolve::resolve(text, path)
+}
+
+// === impl Glob ===
+
+impl Glob {
+    /// Compiles a glob; `case_insensitive` for DNS names and hosts.
+    pub fn new(pattern: &str, case_insensitive: bool) -> Glob {
+        let p = if case_insensitive {
+            pattern.to_ascii_lowercase()
+        } else {
+            pattern.to_owned()
+        };
+        Glob {
+            matcher: wildmatch::WildMatch::new(&p),
+            pattern: p,
+            case_insensitive,
+        }
+    }
+
+    /// Whether `text` matches.
+    pub fn is_match(&self, text: &str) -> bool {
+        if self.case_insensitive && text.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.matcher.matches(&text.to_ascii_lowercase())
+        } else {
+            self.matcher.matches(text)
+        }
+    }
+
+    /// The pattern as written (lowercased when case-insensitive).
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl RouteMatch {
+    /// Whether a normalized path matches `exact`/`prefix` (both absent: every path).
+    pub fn matches_path(&self, path: &str) -> bool {
+        if let Some(exact) = &self.exact {
+            return path == exact;
+        }
+        match &self.prefix {
+            None => true,
+            Some(p) if p == "/" => true,
+            Some(p) => {
+                path.starts_with(p.as_str())
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+        }
+    }
+}

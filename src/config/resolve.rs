@@ -1,0 +1,989 @@
+//! Raw YAML structs → typed [`Config`], reporting every problem with its position.
+//!
+//! Order of work: `${ENV}` interpolation and unit parsing happen per value, so a bad value is
+//! reported at its own line and column; cross references (route → upstream, route → role) are
+//! checked once every section is read.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+
+use super::raw::{self, RawAllow, RawConfig, Sp};
+use super::units::{parse_duration, parse_size};
+use super::{
+    AdminSettings, Allow, CertFormat, CertMatcher, ClientAuth, Config, ConfigErrors, FileRef,
+    ForwardSettings, Glob, Limits, LogFormat, LoggingSettings, Pos, Principal, Problems,
+    RouteMatch, RouteSettings, TlsSettings, TlsVersion, UpstreamSettings,
+};
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+
+pub(super) fn resolve(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let mut p = Problems::new(&file);
+    let raw = match parse(text) {
+        Ok(raw) => raw,
+        Err((pos, key, message)) => {
+            p.push(pos, key, message);
+            return Err(p.into_result(()).expect_err("one problem was pushed"));
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut r = Resolver { p, base };
+    let config = r.config(raw, path);
+    r.p.into_result(config)
+        .and_then(|c| c.ok_or_else(|| unreachable_empty(&file)))
+}
+
+// `Resolver::config` returns `None` only after pushing a problem, so this is never reached; it
+// still answers with a sentence instead of panicking.
+fn unreachable_empty(file: &str) -> ConfigErrors {
+    ConfigErrors {
+        file: file.to_owned(),
+        errors: vec![super::ConfigError {
+            file: file.to_owned(),
+            pos: Pos::default(),
+            key: String::new(),
+            message: "the configuration is incomplete".to_owned(),
+        }],
+    }
+}
+
+/// Deserializes the YAML, keeping the key path and position of the first syntax or type error.
+fn parse(text: &str) -> Result<RawConfig, (Pos, String, String)> {
+    let mut key_path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            key_path = display_path(e.path());
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let inner = e.without_snippet();
+        let pos = inner
+            .location()
+            .map(|l| Pos {
+                line: l.line() as u32,
+                column: l.column() as u32,
+            })
+            .unwrap_or_default();
+        (pos, key_path, clean_message(&inner.to_string()))
+    })
+}
+
+/// serde_path_to_error prints `a.b[0].c`; an empty path prints as `.`.
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." {
+        String::new()
+    } else {
+        s.replace(".[", "[")
+    }
+}
+
+/// Keeps the first line of a serde-saphyr message and drops its own "at line N column M" suffix,
+/// since the position is printed in front.
+fn clean_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    let first = match first.find(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    first.trim_start_matches("error: ").to_owned()
+}
+
+fn pos<T>(sp: &Sp<T>) -> Pos {
+    Pos {
+        line: sp.referenced.line() as u32,
+        column: sp.referenced.column() as u32,
+    }
+}
+
+struct Resolver {
+    p: Problems,
+    base: PathBuf,
+}
+
+impl Resolver {
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Option<Config> {
+        let listen = match &raw.listen {
+            Some(v) => self.addr(v, "listen"),
+            None => DEFAULT_LISTEN.parse().ok(),
+        };
+        let tls = match &raw.tls {
+            Some(t) => self.tls(t),
+            None => {
+                self.p.push(
+                    Pos { line: 1, column: 1 },
+                    "tls",
+                    "missing: the gateway needs tls.cert and tls.key",
+                );
+                None
+            }
+        };
+        let admin = raw.admin.as_ref().and_then(|a| {
+            let listen = a.value.listen.as_ref()?;
+            Some(AdminSettings {
+                listen: self.addr(listen, "admin.listen")?,
+            })
+        });
+        let upstreams = self.upstreams(raw.upstreams.as_ref());
+        let principals = self.principals(raw.principals.as_deref().unwrap_or_default());
+        let routes = self.routes(raw.routes.as_ref(), &upstreams, &principals);
+        let forward = self.forward(raw.forward.as_ref());
+        let limits = self.limits(raw.limits.as_ref());
+        let logging = self.logging(raw.logging.as_ref());
+        Some(Config {
+            path: path.to_path_buf(),
+            listen: listen?,
+            tls: tls?,
+            admin,
+            upstreams,
+            principals,
+            routes,
+            forward: forward?,
+            limits: limits?,
+            logging: logging?,
+        })
+    }
+
+    // --- values ---
+
+    /// Interpolates `${NAME}` from the environment; an unset variable is an error.
+    fn string(&mut self, v: &Sp<String>, key: &str) -> Option<String> {
+        let text = &v.value;
+        if !text.contains("${") {
+            return Some(text.clone());
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.p
+                    .push(pos(v), key, "unterminated ${ in value (expected ${NAME})");
+                return None;
+            };
+            let name = &after[..end];
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.p.push(
+                    pos(v),
+                    key,
+                    format!("invalid environment variable name {name:?} in ${{...}}"),
+                );
+                return None;
+            }
+            match std::env::var(name) {
+                Ok(value) => out.push_str(&value),
+                Err(_) => {
+                    self.p.push(
+                        pos(v),
+                        key,
+                        format!("environment variable {name} is not set"),
+                    );
+                    return None;
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn addr(&mut self, v: &Sp<String>, key: &str) -> Option<SocketAddr> {
+        let s = self.string(v, key)?;
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.p.push(
+                    pos(v),
+                    key,
+                    format!("expected an address such as 0.0.0.0:8443 or [::1]:8443, got {s:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        v: Option<&Sp<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(v) = v else { return Some(default) };
+        let s = self.string(v, key)?;
+        match parse_duration(&s) {
+            Ok(d) if d.is_zero() => {
+                self.p.push(pos(v), key, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                self.p.push(pos(v), key, m);
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, v: Option<&Sp<String>>, key: &str, default: u64) -> Option<u64> {
+        let Some(v) = v else { return Some(default) };
+        let s = self.string(v, key)?;
+        match parse_size(&s) {
+            Ok(0) => {
+                self.p.push(pos(v), key, "must be greater than zero");
+                None
+            }
+            Ok(n) => Some(n),
+            Err(m) => {
+                self.p.push(pos(v), key, m);
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, v: &Sp<String>, key: &str) -> Option<FileRef> {
+        let s = self.string(v, key)?;
+        if s.is_empty() {
+            self.p
+                .push(pos(v), key, "expected a file path, got an empty string");
+            return None;
+        }
+        let path = Path::new(&s);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        };
+        Some(FileRef {
+            path,
+            pos: pos(v),
+            key: key.to_owned(),
+        })
+    }
+
+    fn header_name(
+        &mut self,
+        v: Option<&Sp<String>>,
+        key: &str,
+        default: &'static str,
+    ) -> Option<HeaderName> {
+        let Some(v) = v else {
+            return Some(HeaderName::from_static(default));
+        };
+        let s = self.string(v, key)?;
+        match HeaderName::try_from(s.to_ascii_lowercase()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.p.push(
+                    pos(v),
+                    key,
+                    format!("{s:?} is not a valid HTTP header name"),
+                );
+                None
+            }
+        }
+    }
+
+    fn keyword<T: Copy>(
+        &mut self,
+        v: Option<&Sp<String>>,
+        key: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Option<T> {
+        let Some(v) = v else { return Some(default) };
+        let s = self.string(v, key)?;
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == s) {
+            return Some(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        self.p.push(
+            pos(v),
+            key,
+            format!("expected one of {}, got {s:?}", names.join(", ")),
+        );
+        None
+    }
+
+    fn strings(&mut self, v: &Sp<Vec<Sp<String>>>, key: &str) -> Vec<(String, Pos)> {
+        v.value
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| Some((self.string(item, &format!("{key}[{i}]"))?, pos(item))))
+            .collect()
+    }
+
+    // --- sections ---
+
+    fn tls(&mut self, t: &Sp<raw::RawTls>) -> Option<TlsSettings> {
+        let raw = &t.value;
+        let cert = self.required_file(raw.cert.as_ref(), "tls.cert", pos(t));
+        let key = self.required_file(raw.key.as_ref(), "tls.key", pos(t));
+        let client_auth = self.keyword(
+            raw.client_auth.as_ref(),
+            "tls.client_auth",
+            &[
+                ("required", ClientAuth::Required),
+                ("optional", ClientAuth::Optional),
+                ("off", ClientAuth::Off),
+            ],
+            ClientAuth::Required,
+        );
+        let client_ca = raw
+            .client_ca
+            .as_ref()
+            .and_then(|v| self.file(v, "tls.client_ca"));
+        if raw.client_ca.is_none() && client_auth != Some(ClientAuth::Off) {
+            self.p.push(
+                pos(t),
+                "tls.client_ca",
+                "missing: client certificates are verified against this bundle (or set client_auth: off)",
+            );
+        }
+        let crls = match &raw.crl {
+            Some(list) => list
+                .value
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.file(v, &format!("tls.crl[{i}]")))
+                .collect(),
+            None => Vec::new(),
+        };
+        let min_version = self.keyword(
+            raw.min_version.as_ref(),
+            "tls.min_version",
+            &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
+            TlsVersion::Tls12,
+        );
+        Some(TlsSettings {
+            cert: cert?,
+            key: key?,
+            client_ca,
+            client_auth: client_auth?,
+            crls,
+            min_version: min_version?,
+        })
+    }
+
+    fn required_file(&mut self, v: Option<&Sp<String>>, key: &str, parent: Pos) -> Option<FileRef> {
+        match v {
+            Some(v) => self.file(v, key),
+            None => {
+                self.p
+                    .push(parent, key, "missing: expected a PEM file path");
+                None
+            }
+        }
+    }
+
+    fn upstreams(
+        &mut self,
+        raw: Option<&Sp<std::collections::BTreeMap<String, Sp<raw::RawUpstream>>>>,
+    ) -> Vec<UpstreamSettings> {
+        let Some(map) = raw else { return Vec::new() };
+        let mut out = Vec::new();
+        for (name, u) in &map.value {
+            let key = format!("upstreams.{name}");
+            let url = match &u.value.url {
+                Some(v) => self.upstream_url(v, &format!("{key}.url")),
+                None => {
+                    self.p.push(
+                        pos(u),
+                        format!("{key}.url"),
+                        "missing: expected http://host:port",
+                    );
+                    None
+                }
+            };
+            let connect_timeout = self.duration(
+                u.value.connect_timeout.as_ref(),
+                &format!("{key}.connect_timeout"),
+                Duration::from_secs(2),
+            );
+            let timeout = self.duration(
+                u.value.timeout.as_ref(),
+                &format!("{key}.timeout"),
+                Duration::from_secs(30),
+            );
+            if let (Some(url), Some(connect_timeout), Some(timeout)) =
+                (url, connect_timeout, timeout)
+            {
+                out.push(UpstreamSettings {
+                    name: name.clone(),
+                    url,
+                    connect_timeout,
+                    timeout,
+                });
+            }
+        }
+        out
+    }
+
+    fn upstream_url(&mut self, v: &Sp<String>, key: &str) -> Option<Uri> {
+        let s = self.string(v, key)?;
+        let uri: Uri = match s.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                self.p.push(
+                    pos(v),
+                    key,
+                    format!("expected a URL such as http://127.0.0.1:8080, got {s:?}"),
+                );
+                return None;
+            }
+        };
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            self.p.push(
+                pos(v),
+                key,
+                format!("expected a plaintext http://host:port URL, got {s:?}"),
+            );
+            return None;
+        }
+        if uri.query().is_some() {
+            self.p
+                .push(pos(v), key, "an upstream URL cannot have a query string");
+            return None;
+        }
+        Some(uri)
+    }
+
+    fn principals(&mut self, raw: &[Sp<raw::RawPrincipal>]) -> Vec<Principal> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, sp) in raw.iter().enumerate() {
+            let key = format!("principals[{i}]");
+            let p = &sp.value;
+            let name = match &p.name {
+                Some(n) => {
+                    let name = self.string(n, &format!("{key}.name"));
+                    if let Some(name) = &name
+                        && !seen.insert(name.clone())
+                    {
+                        self.p.push(
+                            pos(n),
+                            format!("{key}.name"),
+                            format!("duplicate principal name {name:?}"),
+                        );
+                    }
+                    name
+                }
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.name"),
+                        "missing: every principal needs a name",
+                    );
+                    None
+                }
+            };
+            let cert = match &p.cert {
+                Some(c) => self.cert_matcher(c, &format!("{key}.cert")),
+                None => {
+                    self.p
+                        .push(pos(sp), &key, "expected a credential matcher: cert");
+                    None
+                }
+            };
+            let roles = match &p.roles {
+                Some(r) => self
+                    .strings(r, &format!("{key}.roles"))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let (Some(name), Some(cert)) = (name, cert) {
+                out.push(Principal {
+                    name,
+                    cert: Some(cert),
+                    roles,
+                });
+            }
+        }
+        out
+    }
+
+    fn cert_matcher(&mut self, sp: &Sp<raw::RawCertMatch>, key: &str) -> Option<CertMatcher> {
+        let c = &sp.value;
+        let mut glob = |v: &Option<Sp<String>>, field: &str, ci: bool| -> Option<Glob> {
+            let v = v.as_ref()?;
+            let s = self.string(v, &format!("{key}.{field}"))?;
+            if s.is_empty() {
+                self.p.push(
+                    pos(v),
+                    format!("{key}.{field}"),
+                    "an empty pattern matches nothing; use \"*\" for any",
+                );
+                return None;
+            }
+            Some(Glob::new(&s, ci))
+        };
+        let m = CertMatcher {
+            cn: glob(&c.cn, "cn", false),
+            o: glob(&c.o, "o", false),
+            ou: glob(&c.ou, "ou", false),
+            san_dns: glob(&c.san_dns, "san_dns", true),
+            san_uri: glob(&c.san_uri, "san_uri", false),
+            san_email: glob(&c.san_email, "san_email", true),
+            fingerprint_sha256: None,
+        };
+        let fingerprint_sha256 = match &c.fingerprint_sha256 {
+            Some(v) => {
+                let s = self.string(v, &format!("{key}.fingerprint_sha256"))?;
+                let hexed: String = s.chars().filter(|c| *c != ':').collect();
+                match hex::decode(&hexed)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                {
+                    Some(fp) => Some(fp),
+                    None => {
+                        self.p.push(
+                            pos(v),
+                            format!("{key}.fingerprint_sha256"),
+                            "expected 64 hex digits (colons allowed), as `openssl x509 -fingerprint -sha256` prints",
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let m = CertMatcher {
+            fingerprint_sha256,
+            ..m
+        };
+        let any = m.cn.is_some()
+            || m.o.is_some()
+            || m.ou.is_some()
+            || m.san_dns.is_some()
+            || m.san_uri.is_some()
+            || m.san_email.is_some()
+            || m.fingerprint_sha256.is_some();
+        if !any {
+            self.p.push(
+                pos(sp),
+                key,
+                "expected at least one of cn, o, ou, san_dns, san_uri, san_email, fingerprint_sha256",
+            );
+            return None;
+        }
+        Some(m)
+    }
+
+    fn routes(
+        &mut self,
+        raw: Option<&Sp<Vec<Sp<raw::RawRoute>>>>,
+        upstreams: &[UpstreamSettings],
+        principals: &[Principal],
+    ) -> Vec<RouteSettings> {
+        let Some(list) = raw else {
+            self.p.push(
+                Pos { line: 1, column: 1 },
+                "routes",
+                "missing: without routes every request is 404",
+            );
+            return Vec::new();
+        };
+        let known_roles: BTreeSet<&str> = principals
+            .iter()
+            .flat_map(|p| p.roles.iter().map(String::as_str))
+            .collect();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, sp) in list.value.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let r = &sp.value;
+            let name = match &r.name {
+                Some(n) => {
+                    let name = self.string(n, &format!("{key}.name"));
+                    if let Some(name) = &name
+                        && !names.insert(name.clone())
+                    {
+                        self.p.push(
+                            pos(n),
+                            format!("{key}.name"),
+                            format!("duplicate route name {name:?}"),
+                        );
+                    }
+                    name
+                }
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.name"),
+                        "missing: every route needs a name",
+                    );
+                    None
+                }
+            };
+            let matcher = match &r.match_ {
+                Some(m) => self.route_match(m, &format!("{key}.match")),
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.match"),
+                        "missing: expected e.g. { prefix: /api/ }",
+                    );
+                    None
+                }
+            };
+            let upstream = match &r.upstream {
+                Some(u) => self.upstream_ref(u, &format!("{key}.upstream"), upstreams),
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.upstream"),
+                        "missing: the name of an entry under upstreams",
+                    );
+                    None
+                }
+            };
+            let allow = match &r.allow {
+                Some(a) => self.allow(a, &format!("{key}.allow"), &known_roles),
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.allow"),
+                        "missing: expected anyone, authenticated or { roles: [...] } (routes deny by default)",
+                    );
+                    None
+                }
+            };
+            let strip_prefix = match &r.strip_prefix {
+                Some(v) => {
+                    let s = self.string(v, &format!("{key}.strip_prefix"));
+                    match s {
+                        Some(s) if s.starts_with('/') => Some(s.trim_end_matches('/').to_owned()),
+                        Some(s) => {
+                            self.p.push(
+                                pos(v),
+                                format!("{key}.strip_prefix"),
+                                format!("must start with /, got {s:?}"),
+                            );
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let websocket = r.websocket.as_ref().is_some_and(|w| w.value);
+            if let (Some(name), Some(matcher), Some(upstream), Some(allow)) =
+                (name, matcher, upstream, allow)
+            {
+                out.push(RouteSettings {
+                    name,
+                    matcher,
+                    upstream,
+                    allow,
+                    strip_prefix,
+                    websocket,
+                });
+            }
+        }
+        out
+    }
+
+    fn route_match(&mut self, sp: &Sp<raw::RawMatch>, key: &str) -> Option<RouteMatch> {
+        let m = &sp.value;
+        let mut path = |v: &Option<Sp<String>>, field: &str| -> Option<Option<String>> {
+            let Some(v) = v else { return Some(None) };
+            let s = self.string(v, &format!("{key}.{field}"))?;
+            if !s.starts_with('/') {
+                self.p.push(
+                    pos(v),
+                    format!("{key}.{field}"),
+                    format!("must start with /, got {s:?}"),
+                );
+                return None;
+            }
+            match crate::policy::normalize_path(&s) {
+                Ok(n)
+                    if n == s
+                        || (field == "prefix" && n == s.trim_end_matches('/'))
+                        || n == "/" =>
+                {
+                    Some(Some(s))
+                }
+                _ => {
+                    self.p.push(
+                        pos(v),
+                        format!("{key}.{field}"),
+                        format!("{s:?} is not a normalized path (no dot segments, //, %-escapes or \\); requests are matched after normalization"),
+                    );
+                    None
+                }
+            }
+        };
+        let exact = path(&m.exact, "exact");
+        let prefix = path(&m.prefix, "prefix");
+        if let (Some(Some(_)), Some(Some(_))) = (&exact, &prefix) {
+            self.p
+                .push(pos(sp), key, "exact and prefix cannot both be set");
+            return None;
+        }
+        let host = match &m.host {
+            Some(h) => Some(Glob::new(&self.string(h, &format!("{key}.host"))?, true)),
+            None => None,
+        };
+        let methods = match &m.methods {
+            Some(list) => {
+                let mut out = Vec::new();
+                for (s, p) in self.strings(list, &format!("{key}.methods")) {
+                    let valid = !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase());
+                    match Method::from_bytes(s.as_bytes()) {
+                        Ok(m) if valid => out.push(m),
+                        _ => self.p.push(
+                            p,
+                            format!("{key}.methods"),
+                            format!("expected an upper-case HTTP method such as GET, got {s:?}"),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        let prefix = prefix?.map(|p| {
+            if p == "/" {
+                p
+            } else {
+                p.trim_end_matches('/').to_owned()
+            }
+        });
+        Some(RouteMatch {
+            exact: exact?,
+            prefix,
+            host,
+            methods,
+        })
+    }
+
+    fn upstream_ref(
+        &mut self,
+        v: &Sp<String>,
+        key: &str,
+        upstreams: &[UpstreamSettings],
+    ) -> Option<usize> {
+        let s = self.string(v, key)?;
+        if let Some(i) = upstreams.iter().position(|u| u.name == s) {
+            return Some(i);
+        }
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        self.p.push(
+            pos(v),
+            key,
+            format!("unknown upstream {s:?} (known: {})", known.join(", ")),
+        );
+        None
+    }
+
+    fn allow(
+        &mut self,
+        sp: &Sp<RawAllow>,
+        key: &str,
+        known_roles: &BTreeSet<&str>,
+    ) -> Option<Allow> {
+        match &sp.value {
+            RawAllow::Keyword(k) if k == "anyone" => Some(Allow::Anyone),
+            RawAllow::Keyword(k) if k == "authenticated" => Some(Allow::Authenticated),
+            RawAllow::Keyword(k) => {
+                self.p.push(
+                    pos(sp),
+                    key,
+                    format!("expected anyone, authenticated or {{ roles: [...] }}, got {k:?}"),
+                );
+                None
+            }
+            RawAllow::Rules(rules) => {
+                let Some(roles) = &rules.roles else {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.roles"),
+                        "missing: expected a list of roles",
+                    );
+                    return None;
+                };
+                let roles = self.strings(roles, &format!("{key}.roles"));
+                for (role, p) in &roles {
+                    if !known_roles.contains(role.as_str()) {
+                        let known: Vec<&str> = known_roles.iter().copied().collect();
+                        self.p.push(
+                            *p,
+                            format!("{key}.roles"),
+                            format!(
+                                "no principal grants role {role:?} (known: {})",
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
+                if roles.is_empty() {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.roles"),
+                        "an empty role list allows nobody; list roles or use anyone/authenticated",
+                    );
+                    return None;
+                }
+                Some(Allow::Roles(roles.into_iter().map(|(s, _)| s).collect()))
+            }
+        }
+    }
+
+    fn forward(&mut self, raw: Option<&Sp<raw::RawForward>>) -> Option<ForwardSettings> {
+        let f = raw.map(|f| &f.value);
+        let h = f.and_then(|f| f.headers.as_ref()).map(|h| &h.value);
+        let get = |pick: fn(&raw::RawForwardHeaders) -> &Option<Sp<String>>| {
+            h.and_then(|h| pick(h).as_ref())
+        };
+        let client_cert_format = self.keyword(
+            get(|h| &h.client_cert_format),
+            "forward.headers.client_cert_format",
+            &[("xfcc", CertFormat::Xfcc), ("rfc9440", CertFormat::Rfc9440)],
+            CertFormat::Xfcc,
+        );
+        let default_cert_header = match client_cert_format {
+            Some(CertFormat::Rfc9440) => "client-cert",
+            _ => "x-forwarded-client-cert",
+        };
+        Some(ForwardSettings {
+            identity: self.header_name(
+                get(|h| &h.identity),
+                "forward.headers.identity",
+                "x-client-id",
+            )?,
+            principals: self.header_name(
+                get(|h| &h.principals),
+                "forward.headers.principals",
+                "x-client-principals",
+            )?,
+            roles: self.header_name(
+                get(|h| &h.roles),
+                "forward.headers.roles",
+                "x-client-roles",
+            )?,
+            factors: self.header_name(
+                get(|h| &h.factors),
+                "forward.headers.factors",
+                "x-client-auth",
+            )?,
+            client_cert: self.header_name(
+                get(|h| &h.client_cert),
+                "forward.headers.client_cert",
+                default_cert_header,
+            )?,
+            client_cert_format: client_cert_format?,
+            request_id: self.header_name(
+                get(|h| &h.request_id),
+                "forward.headers.request_id",
+                "x-request-id",
+            )?,
+            x_forwarded: f
+                .and_then(|f| f.x_forwarded.as_ref())
+                .is_none_or(|v| v.value),
+            credentials: f
+                .and_then(|f| f.credentials.as_ref())
+                .is_some_and(|v| v.value),
+        })
+    }
+
+    fn limits(&mut self, raw: Option<&Sp<raw::RawLimits>>) -> Option<Limits> {
+        let l = raw.map(|l| &l.value);
+        let max_header_bytes = self.size(
+            l.and_then(|l| l.max_header_bytes.as_ref()),
+            "limits.max_header_bytes",
+            16 * 1024,
+        );
+        let max_body_bytes = self.size(
+            l.and_then(|l| l.max_body_bytes.as_ref()),
+            "limits.max_body_bytes",
+            10 * 1024 * 1024,
+        );
+        let header_timeout = self.duration(
+            l.and_then(|l| l.header_timeout.as_ref()),
+            "limits.header_timeout",
+            Duration::from_secs(10),
+        );
+        let handshake_timeout = self.duration(
+            l.and_then(|l| l.handshake_timeout.as_ref()),
+            "limits.handshake_timeout",
+            Duration::from_secs(10),
+        );
+        let idle_timeout = self.duration(
+            l.and_then(|l| l.idle_timeout.as_ref()),
+            "limits.idle_timeout",
+            Duration::from_secs(60),
+        );
+        let shutdown_timeout = self.duration(
+            l.and_then(|l| l.shutdown_timeout.as_ref()),
+            "limits.shutdown_timeout",
+            Duration::from_secs(30),
+        );
+        let max_connections = match l.and_then(|l| l.max_connections.as_ref()) {
+            Some(v) if v.value == 0 || v.value > 1_000_000 => {
+                self.p.push(
+                    pos(v),
+                    "limits.max_connections",
+                    format!("must be between 1 and 1000000, got {}", v.value),
+                );
+                None
+            }
+            Some(v) => Some(v.value as usize),
+            None => Some(10_000),
+        };
+        let max_header_bytes = match max_header_bytes {
+            Some(n) if !(1024..=1024 * 1024).contains(&n) => {
+                let at = l
+                    .and_then(|l| l.max_header_bytes.as_ref())
+                    .map(pos)
+                    .unwrap_or_default();
+                self.p.push(
+                    at,
+                    "limits.max_header_bytes",
+                    "must be between 1KiB and 1MiB",
+                );
+                None
+            }
+            other => other.map(|n| n as usize),
+        };
+        Some(Limits {
+            max_header_bytes: max_header_bytes?,
+            max_body_bytes: max_body_bytes?,
+            header_timeout: header_timeout?,
+            handshake_timeout: handshake_timeout?,
+            idle_timeout: idle_timeout?,
+            max_connections: max_connections?,
+            shutdown_timeout: shutdown_timeout?,
+        })
+    }
+
+    fn logging(&mut self, raw: Option<&Sp<raw::RawLogging>>) -> Option<LoggingSettings> {
+        let l = raw.map(|l| &l.value);
+        let format = self.keyword(
+            l.and_then(|l| l.format.as_ref()),
+            "logging.format",
+            &[
+                ("auto", LogFormat::Auto),
+                ("json", LogFormat::Json),
+                ("text", LogFormat::Text),
+            ],
+            LogFormat::Auto,
+        );
+        Some(LoggingSettings {
+            format: format?,
+            access_log: l
+                .and_then(|l| l.access_log.as_ref())
+                .is_none_or(|v| v.value),
+        })
+    }
+}

@@ -1,0 +1,426 @@
+//! The request path: one function, [`GatewayService::handle`], whose stages run in request
+//! order, reading the configuration from one atomically swapped snapshot.
+//!
+//! Stages (outermost first):
+//! 1. snapshot + request id + access-log record (every outcome is logged once);
+//! 2. framing checks: CL+TE conflicts, duplicate Content-Length, head size (400/431);
+//! 3. path normalization (400): matching and forwarding see the same path;
+//! 4. identity: the connection's verified certificate → principals and roles;
+//! 5. policy: route (404) and authorization (401/403), default deny;
+//! 6. rate limit: the slot where per-identity limits plug in;
+//! 7. forward: strip spoofable and hop-by-hop headers, set identity and X-Forwarded-*,
+//!    stream to the pooled upstream under its deadline (502/504, 413 mid-stream).
+//!
+//! Plain async stages rather than tower layers: each stage needs the snapshot, the caller
+//! and the route that earlier stages produced, and one function keeps that flow visible
+//! without boxing a service per layer. Errors from every stage meet in one mapping
+//! (`error::GatewayError::into_response`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::config::{Config, ConfigErrors};
+use crate::error::GatewayError;
+use crate::identity::PeerCert;
+use crate::metrics::{Metrics, RouteReason, UpstreamKind};
+use crate::observability::{Activity, RequestLog};
+use crate::policy::{Caller, Policy, normalize_path};
+use crate::proxy::headers::{self, IdentityHeaders};
+use crate::proxy::{LimitedBody, TrackedBody, Upstream};
+use crate::tls::Expiries;
+
+/// Everything derived from one configuration: swapped whole on reload, never mutated.
+pub struct State {
+    /// The resolved configuration.
+    pub config: Config,
+    /// The compiled policy.
+    pub policy: Policy,
+    /// The listener's TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Upstream clients, indexed like `config.upstreams`.
+    pub upstreams: Vec<Upstream>,
+    /// Certificate and CRL expiry facts.
+    pub expiries: Expiries,
+}
+
+impl State {
+    /// Builds a complete snapshot: TLS files are read and checked here.
+    ///
+    /// # Errors
+    /// Every problem with the certificate, key, CA and CRL files.
+    pub fn build(config: Config) -> Result<State, ConfigErrors> {
+        let (tls, expiries) = crate::tls::server_config(&config)?;
+        let policy = Policy::new(&config);
+        let upstreams = config.upstreams.iter().map(Upstream::new).collect();
+        Ok(State {
+            config,
+            policy,
+            tls,
+            upstreams,
+            expiries,
+        })
+    }
+}
+
+/// Process-wide state shared by every connection.
+pub struct Shared {
+    /// The live snapshot; a request keeps the `Arc` it started with.
+    pub state: ArcSwap<State>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// False once draining has begun (`/readyz` answers 503).
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Wraps a first snapshot.
+    pub fn new(state: State) -> Arc<Shared> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_expiries(&state.expiries);
+        Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            ready: AtomicBool::new(false),
+        })
+    }
+}
+
+/// What a connection knows about its peer, computed once after the handshake.
+#[derive(Debug)]
+pub struct Connection {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The verified client certificate, when one was presented.
+    pub cert: Option<PeerCert>,
+    /// In-flight requests and last activity, for the idle timeout.
+    pub activity: Arc<Activity>,
+}
+
+/// The hyper service for one client connection.
+#[derive(Clone)]
+pub struct GatewayService {
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+}
+
+impl GatewayService {
+    /// A service for one connection.
+    pub fn new(shared: Arc<Shared>, conn: Arc<Connection>) -> GatewayService {
+        GatewayService { shared, conn }
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Response<TrackedBody> {
+        // 1. Snapshot, request id, log record.
+        let state = self.shared.state.load_full();
+        let forward = &state.config.forward;
+        let request_id = request_id(req.headers().get(&forward.request_id));
+        self.conn.activity.begin();
+        let mut log = RequestLog {
+            start: Instant::now(),
+            request_id,
+            client: self.conn.remote,
+            identity: None,
+            roles: String::new(),
+            method: req.method().clone(),
+            path: String::new(),
+            route: None,
+            status: 0,
+            upstream_status: None,
+            decision: "allow",
+            upstream_aborted: false,
+            access_log: state.config.logging.access_log,
+            metrics: self.shared.metrics.clone(),
+            activity: self.conn.activity.clone(),
+        };
+        let result = self.process(&state, req, &mut log).await;
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                if log.decision == "allow" {
+                    log.decision = e.reason();
+                }
+                e.into_response(&log.request_id)
+            }
+        };
+        log.status = resp.status().as_u16();
+        if let Ok(v) = HeaderValue::from_str(&log.request_id) {
+            resp.headers_mut().insert(forward.request_id.clone(), v);
+        }
+        resp.map(|body| TrackedBody::new(body, log))
+    }
+
+    async fn process(
+        &self,
+        state: &State,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<crate::proxy::ResponseBody>, GatewayError> {
+        let config = &state.config;
+
+        // 2. Framing and size checks hyper leaves to us.
+        check_framing(&req)?;
+        if head_size(&req) > config.limits.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+        if let Some(len) = content_length(&req)
+            && len > config.limits.max_body_bytes
+        {
+            return Err(GatewayError::BodyTooLarge);
+        }
+
+        // 3. One canonical path for matching and forwarding.
+        let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
+        log.path.clone_from(&path);
+        let host = request_host(&req);
+
+        // 4. Identity from the connection's verified certificate.
+        let caller: Caller = state.policy.identify(self.conn.cert.as_ref());
+        log.identity.clone_from(&caller.identity);
+        log.roles = caller.roles.join(",");
+
+        // 5. Route and authorization.
+        let decision = state
+            .policy
+            .decide(req.method(), host.as_deref(), &path, &caller);
+        log.route = decision.route.map(|r| r.name.clone());
+        if let Err(denial) = decision.verdict {
+            log.decision = denial.as_str();
+            let route = log.route.clone().unwrap_or_else(|| "none".to_owned());
+            self.shared
+                .metrics
+                .authz_denied
+                .get_or_create(&RouteReason {
+                    route,
+                    reason: denial.as_str().to_owned(),
+                })
+                .inc();
+            tracing::debug!(request_id = %log.request_id, rule = decision.rule, "request denied");
+            return Err(GatewayError::Denied(denial));
+        }
+        let Some(route) = decision.route else {
+            return Err(GatewayError::Denied(crate::policy::Denial::NoRoute));
+        };
+
+        // 6. Rate limiting plugs in here, after authentication, so denied callers neither
+        //    spend quota nor create limiter keys.
+
+        // 7. Forward.
+        let upstream = &state.upstreams[route.upstream];
+        let forwarded_path = match &route.strip_prefix {
+            Some(prefix) => strip_prefix(&path, prefix),
+            None => path.as_str(),
+        };
+        let uri = upstream
+            .uri(forwarded_path, req.uri().query())
+            .map_err(|_| GatewayError::BadRequest {
+                reason: "bad request target",
+                close: false,
+            })?;
+        let websocket = route.websocket && crate::proxy::wants_websocket(&req);
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = if websocket {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h, websocket);
+        headers::strip_identity(h, &config.forward);
+        if !config.forward.credentials {
+            h.remove(header::AUTHORIZATION);
+        }
+        if let Some(host) = &host
+            && let Ok(v) = HeaderValue::from_str(
+                host_with_port(&parts.uri, parts.headers.get(header::HOST), host).as_str(),
+            )
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let h = &mut parts.headers;
+        let factors: Vec<&'static str> = caller.factors.iter().map(|f| f.as_str()).collect();
+        IdentityHeaders {
+            identity: caller.identity.as_deref(),
+            principals: &caller.principals,
+            roles: &caller.roles,
+            factors: &factors,
+            cert: self
+                .conn
+                .cert
+                .as_ref()
+                .map(|c| (c.forwarded_xfcc.as_str(), c.forwarded_rfc9440.as_str())),
+        }
+        .apply(h, &config.forward);
+        if config.forward.x_forwarded {
+            headers::set_forwarded(h, self.conn.remote.ip(), host.as_deref());
+        }
+        if let Ok(v) = HeaderValue::from_str(&log.request_id) {
+            h.insert(config.forward.request_id.clone(), v);
+        }
+        parts.uri = uri;
+        let upstream_req =
+            Request::from_parts(parts, LimitedBody::new(body, config.limits.max_body_bytes));
+
+        match upstream.send(upstream_req, client_upgrade).await {
+            Ok(resp) => {
+                log.upstream_status = Some(resp.status().as_u16());
+                Ok(resp)
+            }
+            Err(fe) => {
+                if let Some(kind) = fe.kind {
+                    self.shared
+                        .metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamKind {
+                            upstream: upstream.name.clone(),
+                            kind: kind.as_str().to_owned(),
+                        })
+                        .inc();
+                    tracing::warn!(
+                        request_id = %log.request_id,
+                        upstream = %upstream.name,
+                        kind = kind.as_str(),
+                        error = %fe.detail,
+                        "upstream request failed"
+                    );
+                } else {
+                    tracing::debug!(request_id = %log.request_id, error = %fe.detail, "request body rejected");
+                }
+                Err(fe.error)
+            }
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for GatewayService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// The caller's request id when it is 1-128 characters of `A-Za-z0-9._:-`, else a new one.
+fn request_id(given: Option<&HeaderValue>) -> String {
+    if let Some(v) = given {
+        let b = v.as_bytes();
+        let valid = (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        if valid {
+            // Checked above: ASCII only.
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Rejects ambiguous framing (request smuggling): Content-Length beside Transfer-Encoding, or
+/// more than one Content-Length. The connection is closed because its framing is in doubt.
+fn check_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cl > 1 {
+        return Err(GatewayError::BadRequest {
+            reason: "duplicate content-length",
+            close: true,
+        });
+    }
+    if cl == 1 && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest {
+            reason: "content-length with transfer-encoding",
+            close: true,
+        });
+    }
+    Ok(())
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Approximate size of the request head as sent: request line plus `name: value\r\n` lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    line + req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
+/// The request's host without port, lower-cased: `:authority` for HTTP/2, `Host` for HTTP/1.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let v = req.headers().get(header::HOST)?.to_str().ok()?;
+            let a: http::uri::Authority = v.parse().ok()?;
+            a.host().to_owned()
+        }
+    };
+    Some(raw.to_ascii_lowercase())
+}
+
+/// The Host header for the upstream: the client's, with its port when it had one.
+fn host_with_port(uri: &http::Uri, host_header: Option<&HeaderValue>, host: &str) -> String {
+    if let Some(a) = uri.authority() {
+        return a.as_str().to_owned();
+    }
+    host_header
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| host.to_owned(), str::to_owned)
+}
+
+/// Removes a prefix at a segment boundary; what remains always starts with `/`.
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
+    match path.strip_prefix(prefix) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
+/// Readiness for `/readyz`.
+pub fn is_ready(shared: &Shared) -> bool {
+    shared.ready.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let ok = HeaderValue::from_static("abc-123_x.y:z");
+        assert_eq!(request_id(Some(&ok)), "abc-123_x.y:z");
+        let bad = HeaderValue::from_static("has space");
+        assert_ne!(request_id(Some(&bad)), "has space");
+        assert_eq!(request_id(None).len(), 32);
+    }
+
+    #[test]
+    fn prefixes_strip_at_segment_boundaries() {
+        assert_eq!(strip_prefix("/admin/users", "/admin"), "/users");
+        assert_eq!(strip_prefix("/admin", "/admin"), "/");
+        assert_eq!(strip_prefix("/administrator", "/admin"), "/administrator");
+    }
+}

@@ -1,0 +1,164 @@
+//! Logging and the access log.
+//!
+//! `init` installs the tracing subscriber (text on a terminal, JSON otherwise). [`RequestLog`]
+//! gathers what one request did and is finished exactly once, when its response body ends or
+//! is dropped: it writes the access log line and the request metrics. Secrets never reach it:
+//! it holds no header values, and the path is logged without its query string.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use http::Method;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+use crate::metrics::{Metrics, RouteStatus};
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init()
+    };
+    // A subscriber is already installed when the gateway runs inside a test or the demo.
+    let _ = result;
+}
+
+/// Per-connection activity, for the idle timeout: requests in flight and the last time one
+/// started or ended.
+#[derive(Debug)]
+pub struct Activity {
+    origin: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            origin: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// A request started.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// A request's response ended.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in flight; `None` while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        Some(std::time::Duration::from_millis(
+            now.saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        ))
+    }
+}
+
+/// What one request did; finished once, when its response body ends.
+#[derive(Debug)]
+pub struct RequestLog {
+    /// When the request head was received.
+    pub start: Instant,
+    /// The request id returned to the client.
+    pub request_id: String,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The caller's identity, if verified.
+    pub identity: Option<String>,
+    /// Granted roles, comma-separated.
+    pub roles: String,
+    /// Request method.
+    pub method: Method,
+    /// Normalized path, without the query (queries can carry secrets).
+    pub path: String,
+    /// The matched route.
+    pub route: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Status the upstream sent, when it answered.
+    pub upstream_status: Option<u16>,
+    /// `allow`, or why the request was stopped.
+    pub decision: &'static str,
+    /// The upstream body broke mid-stream.
+    pub upstream_aborted: bool,
+    /// Whether to write the access log line.
+    pub access_log: bool,
+    /// Where request metrics go.
+    pub metrics: Arc<Metrics>,
+    /// The connection's activity tracker.
+    pub activity: Arc<Activity>,
+}
+
+impl RequestLog {
+    /// Writes the access log line and metrics; called once by the response body.
+    pub fn finish(self, bytes: u64) {
+        let elapsed = self.start.elapsed();
+        self.activity.end();
+        let route = self.route.as_deref().unwrap_or("none");
+        self.metrics
+            .requests
+            .get_or_create(&RouteStatus {
+                route: route.to_owned(),
+                status: u32::from(self.status),
+            })
+            .inc();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "portcullis::access",
+                request_id = %self.request_id,
+                client = %self.client,
+                identity = self.identity.as_deref().unwrap_or("-"),
+                roles = %self.roles,
+                method = %self.method,
+                path = %self.path,
+                route,
+                status = self.status,
+                upstream_status = self.upstream_status.unwrap_or(0),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes,
+                decision = self.decision,
+                upstream_aborted = self.upstream_aborted,
+                "request"
+            );
+        }
+    }
+}

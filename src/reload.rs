@@ -1,0 +1,64 @@
+//! Configuration reload: build a complete new snapshot aside, then swap it in atomically, or
+//! keep serving the old one and say why.
+//!
+//! Requests keep the snapshot they started with; connections keep the TLS configuration of
+//! their handshake. Upstream pools are rebuilt with the snapshot (idle keep-alive connections
+//! of the old one close when its last request ends).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::gateway::{Shared, State};
+use crate::metrics::ResultLabel;
+
+/// Reloads `path` into `shared`.
+///
+/// # Errors
+/// The new configuration's problems; the old snapshot stays live.
+pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigErrors> {
+    let result = crate::config::load(path).and_then(State::build);
+    let label = |r: &str| ResultLabel {
+        result: r.to_owned(),
+    };
+    match result {
+        Ok(state) => {
+            shared.metrics.set_expiries(&state.expiries);
+            shared.state.store(Arc::new(state));
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&label("success"))
+                .inc();
+            tracing::info!(config = %path.display(), "configuration reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&label("failure"))
+                .inc();
+            tracing::error!(config = %path.display(), error = %e, "reload failed; still serving the previous configuration");
+            Err(e)
+        }
+    }
+}
+
+/// Reloads on every SIGHUP.
+pub async fn on_sighup(shared: Arc<Shared>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            let _ = reload(&shared, &path);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, path);
+    }
+}

@@ -1,0 +1,306 @@
+//! TLS termination: the rustls server configuration (client verifier, CRLs, versions, ALPN)
+//! and the classification of failed handshakes for logs and metrics.
+//!
+//! Problems with certificate files are configuration problems: they are reported against the
+//! line of the key that named the file. The handshake itself runs in `server`, under a deadline.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore, ServerConfig};
+
+use crate::config::{ClientAuth, Config, ConfigErrors, FileRef, Problems, TlsVersion};
+
+/// Seconds-until-expiry facts gathered while loading, for `check` and the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Expiries {
+    /// (file, not-after as Unix seconds) of each certificate file's leaf.
+    pub certificates: Vec<(String, i64)>,
+    /// (file, next-update as Unix seconds) of each CRL.
+    pub crls: Vec<(String, i64)>,
+}
+
+/// The process-wide crypto provider: aws-lc-rs, installed once so that every rustls and
+/// rcgen user in the process agrees.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Installs the default provider; harmless when already installed.
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Builds the listener's rustls configuration.
+///
+/// # Errors
+/// Every unreadable, empty or invalid file, each reported at the key that named it.
+pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), ConfigErrors> {
+    let mut p = Problems::new(config.path.display().to_string());
+    let mut expiries = Expiries::default();
+    let t = &config.tls;
+
+    let chain = read_certs(&t.cert, &mut p);
+    if let Some(leaf) = chain.as_ref().and_then(|c| c.first()) {
+        if let Some(na) = not_after(leaf) {
+            expiries
+                .certificates
+                .push((t.cert.path.display().to_string(), na));
+        }
+    }
+    let key = match PrivateKeyDer::from_pem_file(&t.key.path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            push_file(
+                &mut p,
+                &t.key,
+                &pem_error(&e, "a PEM private key (PKCS#8, PKCS#1 or SEC1)"),
+            );
+            None
+        }
+    };
+
+    let verifier = match t.client_auth {
+        ClientAuth::Off => None,
+        mode => {
+            let mut roots = RootCertStore::empty();
+            if let Some(ca) = &t.client_ca {
+                for cert in read_certs(ca, &mut p).unwrap_or_default() {
+                    if let Some(na) = not_after(&cert) {
+                        expiries
+                            .certificates
+                            .push((ca.path.display().to_string(), na));
+                    }
+                    if let Err(e) = roots.add(cert) {
+                        push_file(&mut p, ca, &format!("not a usable CA certificate: {e}"));
+                    }
+                }
+            }
+            let mut crls = Vec::new();
+            for f in &t.crls {
+                if let Some(list) = read_crls(f, &mut p) {
+                    for crl in list {
+                        if let Some(next) = next_update(&crl) {
+                            expiries.crls.push((f.path.display().to_string(), next));
+                        }
+                        crls.push(crl);
+                    }
+                }
+            }
+            if !p.is_empty() {
+                None
+            } else {
+                let mut b =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .with_crls(crls)
+                        // Like nginx's ssl_crl: revocation is checked for the client's own
+                        // certificate, against the CRL of the CA that issued it.
+                        .only_check_end_entity_revocation();
+                if mode == ClientAuth::Optional {
+                    b = b.allow_unauthenticated();
+                }
+                match b.build() {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        if let Some(ca) = &t.client_ca {
+                            push_file(
+                                &mut p,
+                                ca,
+                                &format!("cannot build the client verifier: {e}"),
+                            );
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    };
+
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return Err(fail(p));
+    };
+    if !p.is_empty() {
+        return Err(fail(p));
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder =
+        match ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions) {
+            Ok(b) => b,
+            Err(e) => {
+                push_file(&mut p, &t.cert, &format!("unsupported TLS versions: {e}"));
+                return Err(fail(p));
+            }
+        };
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = match builder.with_single_cert(chain, key) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "the key in {} does not match this certificate",
+                    t.key.path.display()
+                ),
+                other => format!("cannot use this certificate and key: {other}"),
+            };
+            push_file(&mut p, &t.cert, &msg);
+            return Err(fail(p));
+        }
+    };
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(server), expiries))
+}
+
+fn fail(p: Problems) -> ConfigErrors {
+    match p.into_result(()) {
+        Err(e) => e,
+        Ok(()) => ConfigErrors {
+            file: String::new(),
+            errors: Vec::new(),
+        },
+    }
+}
+
+fn push_file(p: &mut Problems, f: &FileRef, message: &str) {
+    p.push(f.pos, &f.key, format!("{}: {message}", f.path.display()));
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error, expected: &str) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("no PEM item found; expected {expected}")
+        }
+        other => format!("invalid PEM ({other:?}); expected {expected}"),
+    }
+}
+
+/// Reads a PEM certificate bundle; empty or unparsable is an error.
+fn read_certs(f: &FileRef, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
+    let certs: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(&f.path) {
+        Ok(it) => it.collect(),
+        Err(e) => Err(e),
+    };
+    match certs {
+        Ok(c) if c.is_empty() => {
+            push_file(
+                p,
+                f,
+                "no PEM certificate found (expected -----BEGIN CERTIFICATE-----)",
+            );
+            None
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            push_file(p, f, &pem_error(&e, "PEM certificates"));
+            None
+        }
+    }
+}
+
+/// Reads CRLs in PEM, or one CRL in DER.
+fn read_crls(f: &FileRef, p: &mut Problems) -> Option<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = match std::fs::read(&f.path) {
+        Ok(b) => b,
+        Err(e) => {
+            push_file(p, f, &e.to_string());
+            return None;
+        }
+    };
+    if bytes.first() == Some(&0x30) {
+        return Some(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
+    match crls {
+        Ok(c) if c.is_empty() => {
+            push_file(
+                p,
+                f,
+                "no CRL found (expected PEM -----BEGIN X509 CRL----- or DER)",
+            );
+            None
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            push_file(p, f, &pem_error(&e, "a CRL in PEM or DER"));
+            None
+        }
+    }
+}
+
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+fn next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, c) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref()).ok()?;
+    c.next_update().map(|t| t.timestamp())
+}
+
+/// Seconds from now until `unix` (negative when past).
+pub fn seconds_until(unix: i64) -> i64 {
+    let now = UnixTime::now().as_secs() as i64;
+    unix - now
+}
+
+/// Reads the leaf certificate's not-after of a PEM file (for `check`).
+pub fn file_not_after(path: &Path) -> Option<i64> {
+    let first = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    not_after(&first)
+}
+
+/// A short, stable reason for a failed handshake, for logs and the
+/// `portcullis_tls_handshake_failures_total{reason}` metric.
+pub fn failure_reason(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof => "eof",
+            io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "bad_purpose"
+            }
+            _ => "bad_certificate",
+        },
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        rustls::Error::NoApplicationProtocol => "no_alpn",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InvalidMessage(_)
+        | rustls::Error::PeerMisbehaved(_) => "protocol",
+        _ => "other",
+    }
+}

@@ -76,7 +76,7 @@ pub struct ClientSpec {
     pub san_email: Vec<String>,
     /// Validity from now, in days (0 means already expired: for tests of expiry handling).
     pub days: u32,
-    /// Leave out the ClientAuth extended key usage (for tests of purpose checking).
+    /// Issue for ServerAuth only, not ClientAuth (for tests of purpose checking).
     pub without_client_auth_eku: bool,
 }
 
@@ -215,9 +215,11 @@ impl Ca {
                 email.clone().try_into(),
             )?));
         }
-        if !spec.without_client_auth_eku {
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        }
+        params.extended_key_usages = if spec.without_client_auth_eku {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, spec.days)
     }

@@ -44,21 +44,23 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigE
     }
 }
 
-/// Reloads on every SIGHUP.
-pub async fn on_sighup(shared: Arc<Shared>, path: PathBuf) {
+/// Reloads on every SIGHUP. The handler is installed when this is called (so before the
+/// gateway reports that it is serving), not when the future is first polled.
+pub fn on_sighup(
+    shared: Arc<Shared>,
+    path: PathBuf,
+) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received");
-            let _ = reload(&shared, &path);
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut hup) = hup {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+                let _ = reload(&shared, &path);
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = (shared, path);
     }
 }

@@ -287,33 +287,32 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
 pub async fn run(config: Config) -> Result<(), StartError> {
     let path = config.path.clone();
     let gateway = Gateway::bind(config).await?;
-    let shared = gateway.shared();
-    tokio::spawn(crate::reload::on_sighup(shared, path));
-    gateway.run(shutdown_signal()).await;
+    let shutdown = shutdown_signal();
+    tokio::spawn(crate::reload::on_sighup(gateway.shared(), path));
+    gateway.run(shutdown).await;
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal sent right after startup is never missed.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
+    let (term, int) = {
         use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut int)) = (term, int) {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

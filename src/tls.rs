@@ -45,12 +45,8 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), C
     let t = &config.tls;
 
     let chain = read_certs(&t.cert, &mut p);
-    if let Some(leaf) = chain.as_ref().and_then(|c| c.first()) {
-        if let Some(na) = not_after(leaf) {
-            expiries
-                .certificates
-                .push((t.cert.path.display().to_string(), na));
-        }
+    if let Some(na) = chain.as_ref().and_then(|c| c.first()).and_then(not_after) {
+        expiries.certificates.push((t.cert.path.display().to_string(), na));
     }
     let key = match PrivateKeyDer::from_pem_file(&t.key.path) {
         Ok(k) => Some(k),

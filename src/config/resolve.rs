@@ -76,11 +76,32 @@ fn parse(text: &str) -> Result<RawConfig, (Pos, String, String)> {
 
 /// serde_path_to_error prints `a.b[0].c`; an empty path prints as `.`.
 fn display_path(path: &serde_path_to_error::Path) -> String {
-    let s = path.to_string();
-    if s == "." {
-        String::new()
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            // `Spanned` wrappers add a `value` level that is not in the file.
+            Segment::Map { key } | Segment::Enum { variant: key } if key == "value" => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// `known: a, b` or `none are defined`, for "unknown X" messages.
+fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = names.into_iter().collect();
+    if list.is_empty() {
+        "none are defined".to_owned()
     } else {
-        s.replace(".[", "[")
+        format!("known: {}", list.join(", "))
     }
 }
 
@@ -131,8 +152,18 @@ impl Resolver {
             })
         });
         let upstreams = self.upstreams(raw.upstreams.as_ref());
+        let upstream_names: Vec<&str> = raw
+            .upstreams
+            .as_ref()
+            .map(|m| m.value.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         let principals = self.principals(raw.principals.as_deref().unwrap_or_default());
-        let routes = self.routes(raw.routes.as_ref(), &upstreams, &principals);
+        let routes = self.routes(
+            raw.routes.as_ref(),
+            &upstreams,
+            &upstream_names,
+            &principals,
+        );
         let forward = self.forward(raw.forward.as_ref());
         let limits = self.limits(raw.limits.as_ref());
         let logging = self.logging(raw.logging.as_ref());
@@ -583,6 +614,7 @@ impl Resolver {
         &mut self,
         raw: Option<&Sp<Vec<Sp<raw::RawRoute>>>>,
         upstreams: &[UpstreamSettings],
+        upstream_names: &[&str],
         principals: &[Principal],
     ) -> Vec<RouteSettings> {
         let Some(list) = raw else {
@@ -637,7 +669,9 @@ impl Resolver {
                 }
             };
             let upstream = match &r.upstream {
-                Some(u) => self.upstream_ref(u, &format!("{key}.upstream"), upstreams),
+                Some(u) => {
+                    self.upstream_ref(u, &format!("{key}.upstream"), upstreams, upstream_names)
+                }
                 None => {
                     self.p.push(
                         pos(sp),
@@ -773,17 +807,20 @@ impl Resolver {
         v: &Sp<String>,
         key: &str,
         upstreams: &[UpstreamSettings],
+        names: &[&str],
     ) -> Option<usize> {
         let s = self.string(v, key)?;
         if let Some(i) = upstreams.iter().position(|u| u.name == s) {
             return Some(i);
         }
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        self.p.push(
-            pos(v),
-            key,
-            format!("unknown upstream {s:?} (known: {})", known.join(", ")),
-        );
+        // A defined upstream with problems of its own was already reported there.
+        if !names.contains(&s.as_str()) {
+            self.p.push(
+                pos(v),
+                key,
+                format!("unknown upstream {s:?} ({})", known(names.iter().copied())),
+            );
+        }
         None
     }
 
@@ -816,14 +853,11 @@ impl Resolver {
                 let roles = self.strings(roles, &format!("{key}.roles"));
                 for (role, p) in &roles {
                     if !known_roles.contains(role.as_str()) {
-                        let known: Vec<&str> = known_roles.iter().copied().collect();
+                        let known = known(known_roles.iter().copied());
                         self.p.push(
                             *p,
                             format!("{key}.roles"),
-                            format!(
-                                "no principal grants role {role:?} (known: {})",
-                                known.join(", ")
-                            ),
+                            format!("no principal grants role {role:?} ({known})"),
                         );
                     }
                 }

@@ -1,0 +1,143 @@
+//! Admin endpoints, graceful drain and reload.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::POLICY;
+use crate::support::gateway::yaml;
+use crate::support::upstream::Mode;
+use crate::support::{FakeUpstream, TestGateway, TestPki};
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    let admin = gw.admin.unwrap();
+    assert!(
+        admin_get(admin, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        admin_get(admin, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    gw.client(Some(&bob)).get("/hello").await.unwrap();
+    gw.client(Some(&bob)).get("/admin/x").await.unwrap();
+    // The access log line (and metrics) are written when the response body ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = admin_get(admin, "/metrics").await;
+    for want in [
+        "portcullis_requests_total{route=\"reader\",status=\"200\"} 1",
+        "portcullis_requests_total{route=\"admin\",status=\"403\"} 1",
+        "portcullis_authz_denied_total{route=\"admin\",reason=\"forbidden\"} 1",
+        "portcullis_request_duration_seconds_count 2",
+        "portcullis_open_connections",
+        "portcullis_certificate_expiry_seconds{file=",
+        "portcullis_crl_next_update_seconds{file=",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::with_mode(Mode::Delay(Duration::from_millis(800))).await;
+    let rest = format!("{POLICY}\nlimits:\n  shutdown_timeout: 10s\n");
+    let mut gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let client = gw.client(Some(&bob));
+    let admin = gw.admin.unwrap();
+
+    let in_flight = tokio::spawn({
+        let c = client.clone();
+        async move { c.get("/slow").await }
+    });
+    // Let the request reach the upstream before draining.
+    for _ in 0..100 {
+        if !up.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done = gw.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        client.get("/new").await.is_err(),
+        "new connections are refused while draining"
+    );
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(reply.status, 200);
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("drain ends")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err()
+            || admin_get(admin, "/readyz").await.contains("503")
+    );
+}
+
+#[tokio::test]
+async fn reload_swaps_policy_and_a_broken_config_keeps_the_old_one() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let config = portcullis::config::load(&{
+        let p = pki.file("gateway.yaml");
+        std::fs::write(&p, yaml(&pki, up.addr, POLICY)).unwrap();
+        p
+    })
+    .unwrap();
+    let path = config.path.clone();
+    let gw = portcullis::Gateway::bind(config).await.unwrap();
+    let addr = gw.local_addr();
+    let shared = gw.shared();
+    let task = tokio::spawn(gw.run(std::future::pending()));
+    let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+    assert_eq!(c.get("/admin/x").await.unwrap().status, 403);
+
+    // Grant readers the admin route.
+    let widened = POLICY.replace(
+        "allow: { roles: [admin] }",
+        "allow: { roles: [admin, reader] }",
+    );
+    std::fs::write(&path, yaml(&pki, up.addr, &widened)).unwrap();
+    portcullis::reload::reload(&shared, &path).unwrap();
+    assert_eq!(c.get("/admin/x").await.unwrap().status, 200);
+
+    // A broken file is reported and the previous policy stays.
+    std::fs::write(
+        &path,
+        yaml(
+            &pki,
+            up.addr,
+            &widened.replace("upstream: app", "upstream: nope"),
+        ),
+    )
+    .unwrap();
+    let err = portcullis::reload::reload(&shared, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown upstream \"nope\""), "{err}");
+    assert_eq!(c.get("/admin/x").await.unwrap().status, 200);
+    task.abort();
+}

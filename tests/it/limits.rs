@@ -1,0 +1,133 @@
+//! Connection-level defences: smuggling, slow clients, idle connections.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::POLICY;
+use crate::support::client::read_head as head;
+use crate::support::gateway::yaml;
+use crate::support::{FakeUpstream, TestGateway, TestPki};
+
+/// Reads until EOF or error; true when the peer closed within `within`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn smuggling_attempts_never_reach_the_upstream_and_close_the_connection() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+
+    // Conflicting Content-Length values: 400, and the connection is closed.
+    let mut tls = gw.client(Some(&bob)).connect().await.unwrap();
+    tls.write_all(b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd")
+        .await
+        .unwrap();
+    let h = head(&mut tls).await;
+    assert!(h.starts_with("HTTP/1.1 400"), "{h}");
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(5)).await,
+        "the connection must close"
+    );
+
+    // CL+TE: the body is framed by Transfer-Encoding alone, Content-Length is dropped, and the
+    // connection closes after one response, so the request hidden in the body is never read.
+    let mut tls = gw.client(Some(&bob)).connect().await.unwrap();
+    tls.write_all(
+        b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /admin/users HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let h = head(&mut tls).await;
+    assert!(h.starts_with("HTTP/1.1 "), "{h}");
+    assert!(h.to_ascii_lowercase().contains("connection: close"), "{h}");
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(5)).await,
+        "the connection must close"
+    );
+    let seen = up.requests();
+    assert!(
+        seen.iter().all(|r| !r.uri.contains("admin")),
+        "a smuggled request reached the upstream: {seen:?}"
+    );
+    for r in &seen {
+        assert!(
+            !(r.headers.contains_key("content-length")
+                && r.headers.contains_key("transfer-encoding")),
+            "the upstream got conflicting framing: {:?}",
+            r.headers
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_header_timeout() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nlimits:\n  header_timeout: 1s\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let mut tls = gw.client(Some(&bob)).connect().await.unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(6)).await,
+        "a slow client must be disconnected"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn slow_handshakes_are_cut_off_by_handshake_timeout() {
+    let pki = TestPki::new();
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nlimits:\n  handshake_timeout: 500ms\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    // A TCP connection that never starts TLS.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert!(closed_within(&mut tcp, Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nlimits:\n  idle_timeout: 1s\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let mut tls = gw.client(Some(&bob)).connect().await.unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let h = head(&mut tls).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let started = std::time::Instant::now();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(6)).await,
+        "an idle connection must be closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}

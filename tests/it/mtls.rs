@@ -1,0 +1,168 @@
+//! TLS termination and certificate identity: what a caller's certificate gets it.
+
+use crate::POLICY;
+use crate::support::gateway::{yaml, yaml_with};
+use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
+
+async fn metrics(gw: &TestGateway) -> String {
+    let addr = gw.admin.expect("admin listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn verified_client_is_forwarded_with_its_identity() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+
+    let reply = gw.client(Some(&bob)).get("/hello").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/hello");
+    assert_eq!(seen.headers["x-client-id"], "O=Acme,CN=reader-bob");
+    assert_eq!(seen.headers["x-client-principals"], "readers");
+    assert_eq!(seen.headers["x-client-roles"], "reader");
+    assert_eq!(seen.headers["x-client-auth"], "certificate");
+    let fp = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bob.der));
+    let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
+    assert!(
+        xfcc.starts_with(&format!("Hash={fp};Subject=\"O=Acme,CN=reader-bob\"")),
+        "{xfcc}"
+    );
+}
+
+#[tokio::test]
+async fn rejects_handshakes_without_a_valid_client_certificate() {
+    let mut pki = TestPki::new();
+    let untrusted = pki.client_from_other_ca("reader-mallory");
+    let expired = pki.expired_client("reader-old");
+    let no_eku = pki.add_client(
+        "reader-noeku",
+        portcullis::pki::ClientSpec {
+            cn: "reader-noeku".into(),
+            days: 30,
+            without_client_auth_eku: true,
+            ..Default::default()
+        },
+    );
+    let revoked = pki.client("reader-revoked");
+    pki.revoke(&revoked);
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+
+    for (name, cert) in [
+        ("none", None),
+        ("untrusted", Some(&untrusted)),
+        ("expired", Some(&expired)),
+        ("no client EKU", Some(&no_eku)),
+        ("revoked", Some(&revoked)),
+    ] {
+        let result = gw.client(cert).get("/hello").await;
+        assert!(
+            result.is_err(),
+            "{name}: expected the handshake to be refused, got {result:?}"
+        );
+    }
+    assert!(up.requests().is_empty(), "the upstream must see nothing");
+    let m = metrics(&gw).await;
+    for reason in [
+        "no_certificate",
+        "unknown_ca",
+        "expired",
+        "revoked",
+        "bad_purpose",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "portcullis_tls_handshake_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted:\n{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn optional_client_auth_lets_anonymous_callers_reach_open_routes_only() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(
+        &pki,
+        &yaml_with(&pki, up.addr, "client_auth: optional", POLICY),
+    )
+    .await;
+
+    let anon = gw.client(None);
+    assert_eq!(anon.get("/health").await.unwrap().status, 200);
+    let denied = anon.get("/hello").await.unwrap();
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.json()["error"], "authentication required");
+    assert_eq!(
+        gw.client(Some(&bob)).get("/hello").await.unwrap().status,
+        200
+    );
+    // An anonymous request forwarded to an open route carries no identity.
+    let health = &up.requests()[0];
+    assert!(!health.headers.contains_key("x-client-id"));
+}
+
+#[tokio::test]
+async fn client_auth_off_never_asks_for_a_certificate() {
+    let pki = TestPki::new();
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml_with(&pki, up.addr, "client_auth: off", POLICY)).await;
+    let anon = gw.client(None);
+    assert_eq!(anon.get("/health").await.unwrap().status, 200);
+    assert_eq!(anon.get("/hello").await.unwrap().status, 401);
+}
+
+#[tokio::test]
+async fn tls12_is_accepted_by_default_and_refused_with_min_version_13() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    let c12 = Client::tls12(gw.addr, &gw.ca_pem, Some(&bob));
+    assert_eq!(c12.get("/hello").await.unwrap().status, 200);
+
+    let pki13 = TestPki::new();
+    let gw13 = TestGateway::start(
+        &pki13,
+        &yaml_with(&pki13, up.addr, "min_version: \"1.3\"", POLICY),
+    )
+    .await;
+    let mut pki13 = pki13;
+    let bob13 = pki13.client("reader-bob");
+    let c12 = Client::tls12(gw13.addr, &gw13.ca_pem, Some(&bob13));
+    assert!(
+        c12.connect().await.is_err(),
+        "a TLS 1.2 handshake must fail"
+    );
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_by_alpn() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    let c = Client::h2(gw.addr, &gw.ca_pem, Some(&bob));
+    let tls = c.connect().await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let reply = c.get("/over-h2").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/over-h2");
+    assert_eq!(
+        seen.headers["host"], "localhost",
+        "the upstream gets a Host header from :authority"
+    );
+}

@@ -1,0 +1,165 @@
+//! TLS clients that present a chosen certificate (or none) and speak HTTP/1.1 or HTTP/2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::pki::ClientCert;
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    connector: TlsConnector,
+    h2: bool,
+}
+
+impl Client {
+    /// A client trusting `ca_pem` and presenting `cert` (or no certificate).
+    pub fn new(addr: SocketAddr, ca_pem: &str, cert: Option<&ClientCert>) -> Client {
+        Self::build(addr, ca_pem, cert, false, None)
+    }
+
+    pub fn h2(addr: SocketAddr, ca_pem: &str, cert: Option<&ClientCert>) -> Client {
+        Self::build(addr, ca_pem, cert, true, None)
+    }
+
+    /// A TLS 1.2-only client.
+    pub fn tls12(addr: SocketAddr, ca_pem: &str, cert: Option<&ClientCert>) -> Client {
+        Self::build(addr, ca_pem, cert, false, Some(&rustls::version::TLS12))
+    }
+
+    fn build(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&ClientCert>,
+        h2: bool,
+        only: Option<&'static rustls::SupportedProtocolVersion>,
+    ) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = match only {
+            Some(v) => vec![v],
+            None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_protocol_versions(&versions)
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match cert {
+            Some(c) => {
+                let chain = vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()];
+                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Client {
+            addr,
+            connector: TlsConnector::from(Arc::new(config)),
+            h2,
+        }
+    }
+
+    /// A TLS connection; the handshake error when it fails.
+    pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        self.connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// Sends one request on a new connection. Errors are the handshake's or the exchange's.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let tls = self.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let resp = if self.h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("send: {e}"))?
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("send: {e}"))?
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply, String> {
+        self.send(request("GET", path)).await
+    }
+}
+
+/// A request with a Host header (HTTP/1.1 needs one; HTTP/2 uses the URI's authority).
+pub fn request(method: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Reads a response head byte by byte (leaving the rest of the stream unread).
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    let deadline = std::time::Duration::from_secs(5);
+    while !out.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(deadline, s.read(&mut byte)).await {
+            Ok(Ok(1)) => out.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -43,14 +43,20 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// Per-connection activity, for the idle timeout: requests in flight and the last time one
-/// started or ended.
+/// Per-connection activity, for the idle and header timeouts: requests in flight, the last
+/// time one started or ended, and since when a request head has been arriving.
 #[derive(Debug)]
 pub struct Activity {
     origin: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// When the first byte of a not-yet-complete request head arrived (`NONE` when no head is
+    /// pending). A new connection starts with one pending: its first request must arrive
+    /// within `header_timeout` too.
+    head_since_ms: AtomicU64,
 }
+
+const NONE: u64 = u64::MAX;
 
 impl Default for Activity {
     fn default() -> Self {
@@ -58,14 +64,20 @@ impl Default for Activity {
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
         }
     }
 }
 
 impl Activity {
-    /// A request started.
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// A request head was complete and the request started.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(NONE, Ordering::Relaxed);
         self.touch();
     }
 
@@ -75,9 +87,17 @@ impl Activity {
         self.touch();
     }
 
+    /// Bytes arrived from the client: with no request in flight they start a new head.
+    pub fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since_ms.load(Ordering::Relaxed) == NONE
+        {
+            self.head_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
     fn touch(&self) {
-        self.last_ms
-            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// How long the connection has had no request in flight; `None` while one is.
@@ -85,10 +105,90 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let now = self.origin.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
         Some(std::time::Duration::from_millis(
-            now.saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+            self.now_ms().saturating_sub(last),
         ))
+    }
+
+    /// How long an incomplete request head has been arriving, if one is.
+    pub fn head_pending_for(&self) -> Option<std::time::Duration> {
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        if since == NONE || self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(std::time::Duration::from_millis(
+            self.now_ms().saturating_sub(since),
+        ))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Reports reads to an [`Activity`], so the header timeout can start at the first byte of
+    /// a request head rather than run while a keep-alive connection waits.
+    pub struct ActivityIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> ActivityIo<T> {
+    /// Wraps a connection's stream.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let poll = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_arrived();
+        }
+        poll
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

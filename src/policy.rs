@@ -194,3 +194,136 @@ fn cert_matches(m: &CertMatcher, c: &PeerCert) -> bool {
             subtle::ConstantTimeEq::ct_eq(&fp[..], &c.fingerprint[..]).into()
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const YAML: &str = r#"
+tls: { cert: s.crt, key: s.key, client_ca: ca.crt }
+upstreams: { app: { url: "http://127.0.0.1:1" } }
+principals:
+  - { name: ops, cert: { cn: "ops-*" }, roles: [admin, reader] }
+  - { name: readers, cert: { cn: "reader-*" }, roles: [reader] }
+  - { name: platform, cert: { ou: Platform }, roles: [reader] }
+routes:
+  - { name: admin, match: { prefix: /admin/, methods: [GET, DELETE] }, upstream: app, allow: { roles: [admin] } }
+  - { name: health, match: { exact: /health }, upstream: app, allow: anyone }
+  - { name: me, match: { exact: /me }, upstream: app, allow: authenticated }
+  - { name: api, match: { prefix: /api, host: "api.*" }, upstream: app, allow: { roles: [reader] } }
+"#;
+
+    fn cert(cn: &str, ou: Option<&str>) -> PeerCert {
+        PeerCert {
+            cn: vec![cn.to_owned()],
+            ou: ou.map(|o| vec![o.to_owned()]).unwrap_or_default(),
+            subject: format!("CN={cn}"),
+            ..PeerCert::default()
+        }
+    }
+
+    #[test]
+    fn identify_unions_roles_of_every_matching_principal() {
+        let config = crate::config::from_str(YAML, Path::new("gw.yaml")).unwrap();
+        let policy = Policy::new(&config);
+        let c = policy.identify(Some(&cert("ops-alice", Some("Platform"))));
+        assert_eq!(c.principals, ["ops", "platform"]);
+        assert_eq!(c.roles, ["admin", "reader"]);
+        assert_eq!(c.identity.as_deref(), Some("CN=ops-alice"));
+        assert_eq!(policy.identify(None), Caller::default());
+        let nobody = policy.identify(Some(&cert("nobody", None)));
+        assert!(nobody.is_authenticated() && nobody.roles.is_empty());
+    }
+
+    #[test]
+    fn decision_table() {
+        let config = crate::config::from_str(YAML, Path::new("gw.yaml")).unwrap();
+        let policy = Policy::new(&config);
+        let ops = policy.identify(Some(&cert("ops-alice", None)));
+        let bob = policy.identify(Some(&cert("reader-bob", None)));
+        let nobody = policy.identify(Some(&cert("nobody", None)));
+        let anon = Caller::default();
+        let get = Method::GET;
+        type Row<'a> = (
+            &'a Method,
+            Option<&'a str>,
+            &'a str,
+            &'a Caller,
+            Result<(), Denial>,
+            Option<&'a str>,
+        );
+        let table: &[Row<'_>] = &[
+            (&get, None, "/admin/x", &ops, Ok(()), Some("admin")),
+            (
+                &get,
+                None,
+                "/admin/x",
+                &bob,
+                Err(Denial::Forbidden),
+                Some("admin"),
+            ),
+            (
+                &get,
+                None,
+                "/admin/x",
+                &anon,
+                Err(Denial::Unauthenticated),
+                Some("admin"),
+            ),
+            (
+                &Method::POST,
+                None,
+                "/admin/x",
+                &ops,
+                Err(Denial::NoRoute),
+                None,
+            ),
+            (&get, None, "/health", &anon, Ok(()), Some("health")),
+            (&get, None, "/me", &nobody, Ok(()), Some("me")),
+            (
+                &get,
+                None,
+                "/me",
+                &anon,
+                Err(Denial::Unauthenticated),
+                Some("me"),
+            ),
+            (
+                &get,
+                Some("api.example.com"),
+                "/api/v1",
+                &bob,
+                Ok(()),
+                Some("api"),
+            ),
+            (
+                &get,
+                Some("web.example.com"),
+                "/api/v1",
+                &bob,
+                Err(Denial::NoRoute),
+                None,
+            ),
+            (&get, None, "/api/v1", &bob, Err(Denial::NoRoute), None),
+            (
+                &get,
+                Some("api.x"),
+                "/api/v1",
+                &nobody,
+                Err(Denial::Forbidden),
+                Some("api"),
+            ),
+        ];
+        for (method, host, path, caller, want, route) in table {
+            let d = policy.decide(method, *host, path, caller);
+            assert_eq!(d.verdict, *want, "{method} {host:?} {path} {caller:?}");
+            assert_eq!(
+                d.route.map(|r| r.name.as_str()),
+                *route,
+                "{method} {host:?} {path}"
+            );
+        }
+    }
+}

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigErrors, Limits};
 use crate::gateway::{Connection, GatewayService, Shared, State};
 use crate::identity::PeerCert;
 use crate::metrics::ReasonLabel;
-use crate::observability::Activity;
+use crate::observability::{Activity, ActivityIo};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,7 @@ async fn serve_connection(
         },
         None => None,
     };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(Activity::default());
     let conn = Arc::new(Connection {
         remote,
@@ -227,7 +228,10 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // hyper's own header timer also runs while a keep-alive connection waits for its next
+        // request, which would make header_timeout cap idle_timeout; the watchdog below
+        // starts the header clock at the first byte of a head instead.
+        .header_read_timeout(None)
         // hyper answers 431 itself past this; smaller heads over the limit get our JSON 431.
         .max_buf_size((limits.max_header_bytes + 4096).max(8192));
     builder
@@ -235,11 +239,12 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(128);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let io = TokioIo::new(ActivityIo::new(tls, activity.clone()));
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
 
-    let check_every =
-        (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let check_every = (limits.idle_timeout.min(limits.header_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut draining = *stop.borrow();
     if draining {
         connection.as_mut().graceful_shutdown();
@@ -258,8 +263,14 @@ async fn serve_connection(
                     connection.as_mut().graceful_shutdown();
                 }
             }
-            () = tokio::time::sleep(check_every), if !draining => {
-                if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+            () = tokio::time::sleep(check_every) => {
+                // Slow-loris guard (HTTP/1): a head that is not complete in time closes the
+                // connection outright; there is no request to answer yet.
+                if !h2 && activity.head_pending_for().is_some_and(|d| d >= limits.header_timeout) {
+                    tracing::debug!(peer = %remote, "request head not received within header_timeout");
+                    return;
+                }
+                if !draining && activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
                     tracing::debug!(peer = %remote, "closing idle connection");
                     draining = true;
                     connection.as_mut().graceful_shutdown();

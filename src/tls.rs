@@ -46,7 +46,9 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), C
 
     let chain = read_certs(&t.cert, &mut p);
     if let Some(na) = chain.as_ref().and_then(|c| c.first()).and_then(not_after) {
-        expiries.certificates.push((t.cert.path.display().to_string(), na));
+        expiries
+            .certificates
+            .push((t.cert.path.display().to_string(), na));
     }
     let key = match PrivateKeyDer::from_pem_file(&t.key.path) {
         Ok(k) => Some(k),

@@ -1021,3 +1021,114 @@ impl Resolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Allow, ClientAuth, from_str};
+
+    const MIN: &str = "tls:\n  cert: s.crt\n  key: s.key\n  client_ca: ca.crt\nupstreams:\n  app: { url: \"http://127.0.0.1:8080/base/\" }\nroutes:\n  - { name: all, match: { prefix: /api/ }, upstream: app, allow: anyone }\n";
+
+    fn errors(text: &str) -> Vec<String> {
+        match from_str(text, Path::new("/etc/p/gw.yaml")) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = from_str(MIN, Path::new("/etc/p/gw.yaml")).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(
+            c.tls.cert.path,
+            Path::new("/etc/p/s.crt"),
+            "relative to the config's folder"
+        );
+        assert_eq!(c.tls.client_auth, ClientAuth::Required);
+        assert_eq!(c.limits.max_header_bytes, 16 * 1024);
+        assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.upstreams[0].timeout, Duration::from_secs(30));
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.forward.identity.as_str(), "x-client-id");
+        assert_eq!(c.forward.client_cert.as_str(), "x-forwarded-client-cert");
+        assert!(c.forward.x_forwarded && !c.forward.credentials);
+        assert_eq!(c.routes[0].allow, Allow::Anyone);
+        assert_eq!(c.routes[0].matcher.prefix.as_deref(), Some("/api"));
+        assert!(c.routes[0].matcher.matches_path("/api"));
+        assert!(c.routes[0].matcher.matches_path("/api/x"));
+        assert!(!c.routes[0].matcher.matches_path("/apix"));
+        assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn rfc9440_defaults_its_header_name() {
+        let text = format!("{MIN}forward:\n  headers:\n    client_cert_format: rfc9440\n");
+        let c = from_str(&text, Path::new("gw.yaml")).unwrap();
+        assert_eq!(c.forward.client_cert.as_str(), "client-cert");
+    }
+
+    #[test]
+    fn environment_variables_are_interpolated() {
+        // SAFETY of the test: a variable name no other test uses.
+        unsafe { std::env::set_var("PORTCULLIS_UNIT_CERT", "from-env.crt") };
+        let text = MIN.replace("cert: s.crt", "cert: \"${PORTCULLIS_UNIT_CERT}\"");
+        let c = from_str(&text, Path::new("gw.yaml")).unwrap();
+        assert!(c.tls.cert.path.ends_with("from-env.crt"));
+        let e = errors(&MIN.replace("key: s.key", "key: \"${PORTCULLIS_UNIT_UNSET}\""));
+        assert_eq!(
+            e,
+            ["/etc/p/gw.yaml:3:8: tls.key: environment variable PORTCULLIS_UNIT_UNSET is not set"]
+        );
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_point_at_their_place() {
+        let e = errors(&MIN.replace("  key: s.key", "  kee: s.key"));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("/etc/p/gw.yaml:3:3: tls.kee: unknown field `kee`"),
+            "{e:?}"
+        );
+        let e = errors("tls: [unclosed\n");
+        assert!(e[0].starts_with("/etc/p/gw.yaml:"), "{e:?}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_in_file_order() {
+        let text = "listen: nowhere\ntls:\n  cert: s.crt\n  key: s.key\n  client_auth: sometimes\nupstreams:\n  app: { url: \"https://x\" }\nroutes:\n  - { name: a, match: { exact: /x, prefix: /y }, upstream: app, allow: anyone }\n  - { name: a, match: { prefix: \"/p/../q\" }, upstream: app, allow: everyone }\nlimits:\n  max_body_bytes: 10XB\n";
+        let e = errors(text);
+        let want = [
+            "1:9: listen: expected an address",
+            "3:3: tls.client_ca: missing",
+            "5:16: tls.client_auth: expected one of required, optional, off",
+            "7:15: upstreams.app.url: expected a plaintext http://host:port URL",
+            "9:23: routes[0].match: exact and prefix cannot both be set",
+            "10:13: routes[1].name: duplicate route name",
+            "10:33: routes[1].match.prefix: \"/p/../q\" is not a normalized path",
+            "10:68: routes[1].allow: expected anyone, authenticated",
+            "12:19: limits.max_body_bytes: expected a size",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(
+                got.starts_with(&format!("/etc/p/gw.yaml:{want}")),
+                "{got} does not start with {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_ca_is_required_unless_client_auth_is_off() {
+        let no_ca = MIN.replace("  client_ca: ca.crt\n", "");
+        let e = errors(&no_ca);
+        assert!(e[0].contains("tls.client_ca: missing"), "{e:?}");
+        let off = no_ca.replace("  key: s.key\n", "  key: s.key\n  client_auth: off\n");
+        assert!(from_str(&off, Path::new("gw.yaml")).is_ok());
+    }
+}

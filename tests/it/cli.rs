@@ -260,15 +260,18 @@ fn sigterm(pid: u32) {
 }
 
 #[test]
-fn run_serves_and_exits_0_on_sigterm() {
+fn run_logs_json_access_lines_without_secrets_and_exits_0_on_sigterm() {
     let dir = pki_dir();
     let yaml = format!(
-        "{BASE}routes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: legacy\n    allow: anyone\nlogging:\n  format: json\n"
+        "{BASE}principals:\n  - {{ name: readers, cert: {{ cn: \"reader-*\" }}, roles: [reader] }}\n\
+         routes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: legacy\n    allow: {{ roles: [reader] }}\n\
+         logging:\n  format: json\n"
     );
     std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
     let mut child = Command::new(BIN)
         .args(["run"])
         .current_dir(dir.path())
+        .env_remove("PORTCULLIS_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -282,18 +285,64 @@ fn run_serves_and_exits_0_on_sigterm() {
     let v: serde_json::Value =
         serde_json::from_str(serving).expect("JSON logs when stdout is not a terminal");
     assert_eq!(v["level"], "INFO");
+    let listen = v["listen"].as_str().expect("listen field").to_owned();
+    let port = listen.rsplit(':').next().unwrap();
+
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            "certs/ca.crt",
+        ])
+        .args([
+            "--cert",
+            "certs/clients/reader-bob.crt",
+            "--key",
+            "certs/clients/reader-bob.key",
+        ])
+        .args([
+            "-H",
+            "Authorization: Bearer sekrit-token",
+            "-H",
+            "Cookie: session=sekrit-cookie",
+        ])
+        .arg(format!(
+            "https://localhost:{port}/report?api_key=sekrit-query"
+        ))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "502", "{}", stderr(&o));
+
     sigterm(child.id());
     let start = Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(0));
-            break;
+            break status;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "did not exit after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
+    let access = rest
+        .iter()
+        .find(|l| l.contains("portcullis::access"))
+        .unwrap_or_else(|| panic!("no access log line in {rest:#?}"));
+    let a: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert_eq!(a["status"], 502);
+    assert_eq!(a["path"], "/report");
+    assert_eq!(a["route"], "r");
+    assert_eq!(a["identity"], "CN=reader-bob");
+    for line in lines.iter().chain(&rest) {
+        assert!(!line.contains("sekrit"), "a secret reached the log: {line}");
     }
 }
 

@@ -131,3 +131,29 @@ async fn idle_keep_alive_connections_are_closed() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn keep_alive_connections_outlive_header_timeout_between_requests() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nlimits:\n  header_timeout: 1s\n  idle_timeout: 30s\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let mut tls = gw.client(Some(&bob)).connect().await.unwrap();
+    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let h = head(&mut tls).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let mut body = [0u8; 11];
+    tls.read_exact(&mut body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tls.write_all(b"GET /two HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let h = head(&mut tls).await;
+    assert!(
+        h.starts_with("HTTP/1.1 200"),
+        "an idle keep-alive connection is governed by idle_timeout: {h:?}"
+    );
+}

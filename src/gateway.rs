@@ -21,11 +21,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, header};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::{Config, ConfigErrors};
@@ -34,7 +34,7 @@ use crate::identity::PeerCert;
 use crate::metrics::{Metrics, RouteReason, UpstreamKind};
 use crate::observability::{Activity, RequestLog};
 use crate::policy::{Caller, Policy, normalize_path};
-use crate::proxy::headers::{self, IdentityHeaders};
+use crate::proxy::headers;
 use crate::proxy::{LimitedBody, TrackedBody, Upstream};
 use crate::tls::Expiries;
 
@@ -50,7 +50,13 @@ pub struct State {
     pub upstreams: Vec<Upstream>,
     /// Certificate and CRL expiry facts.
     pub expiries: Expiries,
+    /// Distinguishes snapshots, so per-connection caches know when to recompute.
+    generation: u64,
 }
+
+/// Snapshot generations; never reused, unlike addresses, so a cache cannot be fooled by a
+/// new snapshot allocated where an old one was.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl State {
     /// Builds a complete snapshot: TLS files are read and checked here.
@@ -61,12 +67,14 @@ impl State {
         let (tls, expiries) = crate::tls::server_config(&config)?;
         let policy = Policy::new(&config);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         Ok(State {
             config,
             policy,
             tls,
             upstreams,
             expiries,
+            generation,
         })
     }
 }
@@ -103,6 +111,54 @@ pub struct Connection {
     pub cert: Option<PeerCert>,
     /// In-flight requests and last activity, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// The caller as the current snapshot sees this connection's certificate.
+    caller: ArcSwapOption<CallerView>,
+}
+
+/// A connection's caller under one snapshot, with what each request needs precomputed: the
+/// certificate does not change during a connection, so principals, roles and the encoded
+/// identity headers are worked out once per connection and configuration, not per request.
+#[derive(Debug)]
+pub struct CallerView {
+    generation: u64,
+    /// The decision input.
+    pub caller: Caller,
+    /// For the access log.
+    identity: Option<Arc<str>>,
+    roles: Arc<str>,
+    /// Identity headers to set on every forwarded request.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Connection {
+    /// A connection's facts, read once after the handshake.
+    pub fn new(remote: SocketAddr, cert: Option<PeerCert>, activity: Arc<Activity>) -> Connection {
+        Connection {
+            remote,
+            cert,
+            activity,
+            caller: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The caller under `state`, computed on the first request after a (re)load.
+    fn caller_view(&self, state: &State) -> Arc<CallerView> {
+        if let Some(v) = self.caller.load_full()
+            && v.generation == state.generation
+        {
+            return v;
+        }
+        let caller = state.policy.identify(self.cert.as_ref());
+        let view = Arc::new(CallerView {
+            generation: state.generation,
+            identity: caller.identity.as_deref().map(Arc::from),
+            roles: Arc::from(caller.roles.join(",")),
+            headers: headers::identity_headers(&caller, self.cert.as_ref(), &state.config.forward),
+            caller,
+        });
+        self.caller.store(Some(view.clone()));
+        view
+    }
 }
 
 /// The hyper service for one client connection.
@@ -129,7 +185,7 @@ impl GatewayService {
             request_id,
             client: self.conn.remote,
             identity: None,
-            roles: String::new(),
+            roles: Arc::from(""),
             method: req.method().clone(),
             path: String::new(),
             route: None,
@@ -182,15 +238,16 @@ impl GatewayService {
         log.path.clone_from(&path);
         let host = request_host(&req);
 
-        // 4. Identity from the connection's verified certificate.
-        let caller: Caller = state.policy.identify(self.conn.cert.as_ref());
-        log.identity.clone_from(&caller.identity);
-        log.roles = caller.roles.join(",");
+        // 4. Identity from the connection's verified certificate (cached per connection).
+        let view = self.conn.caller_view(state);
+        let caller: &Caller = &view.caller;
+        log.identity.clone_from(&view.identity);
+        log.roles = view.roles.clone();
 
         // 5. Route and authorization.
         let decision = state
             .policy
-            .decide(req.method(), host.as_deref(), &path, &caller);
+            .decide(req.method(), host.as_deref(), &path, caller);
         log.route = decision.route.map(|r| r.name.clone());
         if let Err(denial) = decision.verdict {
             log.decision = denial.as_str();
@@ -247,19 +304,9 @@ impl GatewayService {
             parts.headers.insert(header::HOST, v);
         }
         let h = &mut parts.headers;
-        let factors: Vec<&'static str> = caller.factors.iter().map(|f| f.as_str()).collect();
-        IdentityHeaders {
-            identity: caller.identity.as_deref(),
-            principals: &caller.principals,
-            roles: &caller.roles,
-            factors: &factors,
-            cert: self
-                .conn
-                .cert
-                .as_ref()
-                .map(|c| (c.forwarded_xfcc.as_str(), c.forwarded_rfc9440.as_str())),
+        for (name, value) in &view.headers {
+            h.insert(name.clone(), value.clone());
         }
-        .apply(h, &config.forward);
         if config.forward.x_forwarded {
             headers::set_forwarded(h, self.conn.remote.ip(), host.as_deref());
         }
@@ -359,7 +406,10 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// Approximate size of the request head as sent: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     line + req
         .headers()
         .iter()

@@ -202,9 +202,9 @@ pub struct RequestLog {
     /// The client's address.
     pub client: SocketAddr,
     /// The caller's identity, if verified.
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     /// Granted roles, comma-separated.
-    pub roles: String,
+    pub roles: Arc<str>,
     /// Request method.
     pub method: Method,
     /// Normalized path, without the query (queries can carry secrets).

@@ -217,11 +217,7 @@ async fn serve_connection(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(Activity::default());
-    let conn = Arc::new(Connection {
-        remote,
-        cert,
-        activity: activity.clone(),
-    });
+    let conn = Arc::new(Connection::new(remote, cert, activity.clone()));
     let service = GatewayService::new(shared.clone(), conn);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -7,6 +7,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{CertFormat, ForwardSettings};
+use crate::identity::PeerCert;
+use crate::policy::Caller;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the names a
 /// `Connection` header lists.
@@ -63,46 +65,38 @@ pub fn strip_identity(headers: &mut HeaderMap, f: &ForwardSettings) {
     headers.remove("client-cert");
 }
 
-/// Sets the verified identity headers (after `strip_identity`).
-pub struct IdentityHeaders<'a> {
-    /// The caller's identity, if any.
-    pub identity: Option<&'a str>,
-    /// Matched principal names.
-    pub principals: &'a [String],
-    /// Granted roles.
-    pub roles: &'a [String],
-    /// Verified factor names.
-    pub factors: &'a [&'static str],
-    /// The client certificate, pre-encoded as XFCC and RFC 9440.
-    pub cert: Option<(&'a str, &'a str)>,
-}
-
-impl IdentityHeaders<'_> {
-    /// Writes the headers that have a value.
-    pub fn apply(&self, headers: &mut HeaderMap, f: &ForwardSettings) {
-        if let Some(id) = self.identity {
-            headers.insert(f.identity.clone(), header_value(id));
-        }
-        if !self.principals.is_empty() {
-            headers.insert(
-                f.principals.clone(),
-                header_value(&self.principals.join(",")),
-            );
-        }
-        if !self.roles.is_empty() {
-            headers.insert(f.roles.clone(), header_value(&self.roles.join(",")));
-        }
-        if !self.factors.is_empty() {
-            headers.insert(f.factors.clone(), header_value(&self.factors.join(",")));
-        }
-        if let Some((xfcc, rfc9440)) = self.cert {
-            let v = match f.client_cert_format {
-                CertFormat::Xfcc => xfcc,
-                CertFormat::Rfc9440 => rfc9440,
-            };
-            headers.insert(f.client_cert.clone(), header_value(v));
-        }
+/// The verified identity headers for a caller, encoded once (per connection and configuration
+/// snapshot) and inserted into each forwarded request after `strip_identity`.
+pub fn identity_headers(
+    caller: &Caller,
+    cert: Option<&PeerCert>,
+    f: &ForwardSettings,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(5);
+    if let Some(id) = &caller.identity {
+        out.push((f.identity.clone(), header_value(id)));
     }
+    if !caller.principals.is_empty() {
+        out.push((
+            f.principals.clone(),
+            header_value(&caller.principals.join(",")),
+        ));
+    }
+    if !caller.roles.is_empty() {
+        out.push((f.roles.clone(), header_value(&caller.roles.join(","))));
+    }
+    if !caller.factors.is_empty() {
+        let names: Vec<&str> = caller.factors.iter().map(|f| f.as_str()).collect();
+        out.push((f.factors.clone(), header_value(&names.join(","))));
+    }
+    if let Some(cert) = cert {
+        let v = match f.client_cert_format {
+            CertFormat::Xfcc => &cert.forwarded_xfcc,
+            CertFormat::Rfc9440 => &cert.forwarded_rfc9440,
+        };
+        out.push((f.client_cert.clone(), header_value(v)));
+    }
+    out
 }
 
 /// A header value from text that came from a certificate: control characters (which a header

@@ -157,3 +157,30 @@ async fn keep_alive_connections_outlive_header_timeout_between_requests() {
         "an idle keep-alive connection is governed by idle_timeout: {h:?}"
     );
 }
+
+#[tokio::test]
+async fn max_connections_holds_new_connections_until_one_closes() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nlimits:\n  max_connections: 1\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let client = gw.client(Some(&bob));
+    let first = client.connect().await.unwrap();
+
+    let second = tokio::spawn({
+        let c = client.clone();
+        async move { tokio::time::timeout(Duration::from_secs(10), c.connect()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection must wait while the first is open"
+    );
+    drop(first);
+    let second = second
+        .await
+        .unwrap()
+        .expect("the second connection proceeds once the first closes");
+    assert!(second.is_ok());
+}

@@ -348,3 +348,27 @@ async fn gateway_is_transparent_apart_from_documented_headers() {
         via_resp.headers["x-upstream"]
     );
 }
+
+#[tokio::test]
+async fn rfc9440_client_cert_header_carries_the_der() {
+    use base64::Engine as _;
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let rest = format!("{POLICY}\nforward:\n  headers:\n    client_cert_format: rfc9440\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
+    let mut req = request("GET", "/x");
+    req.headers_mut()
+        .insert("x-forwarded-client-cert", "Hash=forged".parse().unwrap());
+    assert_eq!(gw.client(Some(&bob)).send(req).await.unwrap().status, 200);
+    let seen = up.last();
+    let want = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(&bob.der)
+    );
+    assert_eq!(seen.headers["client-cert"], want.as_str());
+    assert!(
+        !seen.headers.contains_key("x-forwarded-client-cert"),
+        "the other format's header is removed"
+    );
+}

@@ -114,6 +114,13 @@ async fn reload_swaps_policy_and_a_broken_config_keeps_the_old_one() {
     let task = tokio::spawn(gw.run(std::future::pending()));
     let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
     assert_eq!(c.get("/admin/x").await.unwrap().status, 403);
+    // A keep-alive connection that outlives the reload must see the new policy too.
+    let mut kept = c.connect().await.unwrap();
+    assert!(
+        keep_alive_get(&mut kept, "/admin/x")
+            .await
+            .starts_with("HTTP/1.1 403")
+    );
 
     // Grant readers the admin route.
     let widened = POLICY.replace(
@@ -123,6 +130,11 @@ async fn reload_swaps_policy_and_a_broken_config_keeps_the_old_one() {
     std::fs::write(&path, yaml(&pki, up.addr, &widened)).unwrap();
     portcullis::reload::reload(&shared, &path).unwrap();
     assert_eq!(c.get("/admin/x").await.unwrap().status, 200);
+    let again = keep_alive_get(&mut kept, "/admin/x").await;
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "the connection kept its old roles: {again}"
+    );
 
     // A broken file is reported and the previous policy stays.
     std::fs::write(
@@ -140,4 +152,26 @@ async fn reload_swaps_policy_and_a_broken_config_keeps_the_old_one() {
     assert!(err.contains("unknown upstream \"nope\""), "{err}");
     assert_eq!(c.get("/admin/x").await.unwrap().status, 200);
     task.abort();
+}
+
+/// One keep-alive GET on an open connection; returns the head and consumes the body.
+async fn keep_alive_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    path: &str,
+) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = crate::support::client::read_head(s).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head
 }

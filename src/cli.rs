@@ -18,6 +18,7 @@ pub struct Cli {
 pub struct ConfigArg {
     /// The configuration file.
     #[arg(
+        id = "config",
         short = 'c',
         long = "config",
         env = "PORTCULLIS_CONFIG",
@@ -37,6 +38,16 @@ pub enum Command {
     /// First run: create ./certs if missing, start an echo upstream and the gateway from
     /// ./gateway.yaml, and print curl commands to try.
     Demo(ConfigArg),
+    /// Dry-run one request through the policy: identity, factors, principals, roles, the
+    /// route and the rule that decided. No network I/O. Exit 0 when allowed, 3 when denied.
+    Explain(ExplainArgs),
+    /// Run the `tests:` cases of the configuration; exit 1 when any fails.
+    Test(ConfigArg),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read a password on stdin and print its argon2id hash for a `basic` principal.
+    Passwd,
     /// Exit 0 when the admin listener's /readyz answers 200 (for Docker HEALTHCHECK).
     Health {
         /// The admin listener's address.
@@ -51,6 +62,50 @@ pub enum Command {
     /// Development PKI: a CA, server and client certificates, and a CRL.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+/// `portcullis explain` flags.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request path (with an optional query, which is ignored).
+    #[arg(long)]
+    pub path: String,
+    /// Host header.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// PEM file of the client certificate presented.
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// API key presented.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Bearer token presented.
+    #[arg(long, value_name = "JWT")]
+    pub bearer: Option<String>,
+    /// Basic credentials presented.
+    #[arg(long, value_name = "USER:PASS")]
+    pub basic: Option<String>,
+    /// Client address (default 127.0.0.1).
+    #[arg(long = "source-ip", value_name = "IP")]
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// `portcullis keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh random API key once (first line, alone), then the principals entry that
+    /// holds only its SHA-256.
+    New {
+        /// The principal's name.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 /// `portcullis certs ...`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{CertsCommand, Command};
+use crate::cli::{CertsCommand, Command, KeysCommand};
 use crate::config::{self, Allow, Config};
 use crate::gateway::State;
 use crate::pki;
@@ -33,6 +33,45 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { admin } => health(&admin),
+        Command::Explain(a) => {
+            let config = config::load(&a.config.path)?;
+            let req = crate::explain::ExplainRequest {
+                method: a.method,
+                path: a.path,
+                host: a.host,
+                cert: a.cert,
+                api_key: a.api_key,
+                bearer: a.bearer,
+                basic: a.basic,
+                source_ip: a.source_ip,
+            };
+            let e = crate::explain::explain(&config, &req)?;
+            print!("{}", e.text);
+            Ok(if e.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Test(c) => {
+            let config = config::load(&c.path)?;
+            if config.tests.is_empty() {
+                bail!(
+                    "{} has no tests: add cases under tests: (see docs/policy.md)",
+                    c.path.display()
+                );
+            }
+            let failed = report_tests(&config);
+            if failed > 0 {
+                bail!("{failed} of {} policy tests failed", config.tests.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::New { id }) => {
+            print!("{}", crate::explain::new_key_text(&id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Passwd => passwd(),
         Command::Certs(cmd) => certs(cmd),
     }
 }
@@ -83,6 +122,13 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     if !expired.is_empty() {
         bail!("{}", expired.join("\n  "));
     }
+    let config = &state.config;
+    if !config.tests.is_empty() {
+        let failed = report_tests(config);
+        if failed > 0 {
+            bail!("{failed} of {} policy tests failed", config.tests.len());
+        }
+    }
     println!(
         "{}: ok ({} routes, {} principals, {} upstreams)",
         path.display(),
@@ -93,23 +139,118 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Principals and roles that no route uses.
+/// Prints each test's outcome; returns how many failed.
+fn report_tests(config: &Config) -> usize {
+    let outcomes = crate::explain::run_tests(config);
+    let mut failed = 0;
+    for o in &outcomes {
+        match &o.failure {
+            None => println!("ok    {}", o.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {}: {why}", o.name);
+            }
+        }
+    }
+    println!(
+        "policy tests: {} passed, {failed} failed",
+        outcomes.len() - failed
+    );
+    failed
+}
+
+/// `passwd`: one line from stdin (without its newline) → argon2id hash.
+fn passwd() -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (input is shown; pipe it in to keep it off the screen):");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let hash = crate::auth::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `check` warns about: principals and roles no route uses, routes shadowed by an
+/// earlier route, and routes open to callers without any credential that do not say
+/// `allow: anyone`.
 fn warnings(config: &Config) -> Vec<String> {
+    use crate::config::RouteSettings;
     let used: std::collections::BTreeSet<&str> = config
         .routes
         .iter()
         .filter_map(|r| match &r.allow {
-            Allow::Roles(roles) => Some(roles.iter().map(String::as_str)),
+            Allow::Rules(rules) => Some(rules.roles.iter().map(String::as_str)),
             _ => None,
         })
         .flatten()
         .collect();
+    let any_authenticated = config.routes.iter().any(|r| match &r.allow {
+        Allow::Authenticated => true,
+        Allow::Rules(rules) => rules.roles.is_empty() && !rules.factors.is_empty(),
+        Allow::Anyone => false,
+    });
     let mut out = Vec::new();
     for p in &config.principals {
-        if !p.roles.iter().any(|r| used.contains(r.as_str())) {
+        if !p.roles.is_empty() && !p.roles.iter().any(|r| used.contains(r.as_str())) {
             out.push(format!(
                 "principal {:?} grants no role that a route allows",
                 p.name
+            ));
+        } else if p.roles.is_empty() && !any_authenticated {
+            out.push(format!(
+                "principal {:?} has no roles and no route allows authenticated callers",
+                p.name
+            ));
+        }
+    }
+    let granted: std::collections::BTreeSet<&str> = config
+        .principals
+        .iter()
+        .flat_map(|p| p.roles.iter().map(String::as_str))
+        .collect();
+    for role in &granted {
+        if !used.contains(role) {
+            out.push(format!("role {role:?} is granted but no route allows it"));
+        }
+    }
+    // A route is shadowed when an earlier route matches every request it could match.
+    let covers = |a: &RouteSettings, b: &RouteSettings| -> bool {
+        let (am, bm) = (&a.matcher, &b.matcher);
+        let host = am.host.is_none()
+            || (bm.host.as_ref().map(|h| h.pattern()) == am.host.as_ref().map(|h| h.pattern()));
+        let methods = match (&am.methods, &bm.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+        };
+        let path = match (&bm.exact, &bm.prefix) {
+            (Some(exact), _) => am.matches_path(exact),
+            (None, Some(prefix)) => am.exact.is_none() && am.matches_path(prefix),
+            (None, None) => am.exact.is_none() && am.prefix.as_deref().is_none_or(|p| p == "/"),
+        };
+        host && methods && path
+    };
+    for (i, later) in config.routes.iter().enumerate() {
+        if let Some(earlier) = config.routes[..i].iter().find(|e| covers(e, later)) {
+            out.push(format!(
+                "route {:?} is never used: route {:?} before it matches all of its requests",
+                later.name, earlier.name
+            ));
+        }
+        if let Allow::Rules(rules) = &later.allow
+            && !rules.needs_credential()
+        {
+            out.push(format!(
+                "route {:?} is reachable without any credential (only `when` conditions); say allow: anyone if that is intended, or add roles or factors",
+                later.name
             ));
         }
     }

@@ -35,12 +35,22 @@ pub struct Config {
     pub principals: Vec<Principal>,
     /// Routes, in file order: the first match wins.
     pub routes: Vec<RouteSettings>,
+    /// API key credentials.
+    pub api_keys: ApiKeySettings,
+    /// JWT bearer credentials, when configured.
+    pub jwt: Option<JwtSettings>,
+    /// HTTP Basic credentials.
+    pub basic: BasicSettings,
+    /// The brute-force guard on failed authentications.
+    pub auth_failures: AuthFailureLimit,
     /// What is sent upstream about the caller.
     pub forward: ForwardSettings,
     /// Size limits, timeouts and the connection ceiling.
     pub limits: Limits,
     /// Log format and the access log switch.
     pub logging: LoggingSettings,
+    /// Policy test cases, run by `portcullis test` and `check`.
+    pub tests: Vec<TestCase>,
 }
 
 /// A file named in the configuration, with where it was named (for error messages).
@@ -116,10 +126,165 @@ pub struct UpstreamSettings {
 pub struct Principal {
     /// Its name, forwarded in `x-client-principals`.
     pub name: String,
-    /// Matches a verified client certificate.
-    pub cert: Option<CertMatcher>,
+    /// The credential that identifies it.
+    pub matcher: PrincipalMatcher,
     /// Roles granted to callers matching this principal.
     pub roles: Vec<String>,
+}
+
+/// What a principal is recognised by: exactly one credential kind.
+#[derive(Clone, Debug)]
+pub enum PrincipalMatcher {
+    /// A verified client certificate's fields.
+    Cert(Box<CertMatcher>),
+    /// An API key, held only as its SHA-256.
+    ApiKey {
+        /// SHA-256 of the key.
+        sha256: [u8; 32],
+        /// Last valid day (UTC), inclusive.
+        expires: Option<time::Date>,
+    },
+    /// A claim of a verified JWT.
+    Jwt {
+        /// The claim's name.
+        claim: String,
+        /// How its value is tested.
+        test: ClaimTest,
+    },
+    /// An HTTP Basic user with an argon2id hash.
+    Basic {
+        /// The user name.
+        user: String,
+        /// PHC string `$argon2id$v=19$...`.
+        argon2: String,
+    },
+}
+
+/// How a JWT principal tests its claim.
+#[derive(Clone, Debug)]
+pub enum ClaimTest {
+    /// The claim is this string, or an array containing it.
+    Contains(String),
+    /// The claim (a string, or any element of an array) matches this glob.
+    Equals(Glob),
+}
+
+/// `api_keys:` settings.
+#[derive(Clone, Debug)]
+pub struct ApiKeySettings {
+    /// The request header carrying the key.
+    pub header: HeaderName,
+}
+
+/// `jwt:` settings.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; empty means `aud` is not checked.
+    pub audiences: Vec<String>,
+    /// Where the verification keys come from.
+    pub jwks: Option<JwksSource>,
+    /// Extra trust anchors for an https JWKS URL (a private IdP).
+    pub jwks_ca: Option<FileRef>,
+    /// How often an https JWKS is fetched again.
+    pub jwks_refresh: Duration,
+    /// Accepted signature algorithms; never `none`.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Require RFC 8705 `cnf.x5t#S256` to match the client certificate.
+    pub bind_to_certificate: bool,
+    /// Shared secret for HS256/384/512.
+    pub hmac_secret: Option<Secret>,
+}
+
+/// A JWKS file (re-read when it changes) or an https URL (fetched, cached, refreshed).
+#[derive(Clone, Debug)]
+pub enum JwksSource {
+    /// A local JWKS file.
+    File(FileRef),
+    /// An https URL.
+    Url(Uri),
+}
+
+/// A secret value: never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// `basic:` settings.
+#[derive(Clone, Debug)]
+pub struct BasicSettings {
+    /// The realm in `WWW-Authenticate: Basic realm=...`.
+    pub realm: String,
+}
+
+/// `rate_limits.auth_failures`: failed authentications allowed per client IP.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthFailureLimit {
+    /// Failures replenished per `per`.
+    pub rate: u32,
+    /// The replenishment period.
+    pub per: Duration,
+    /// Failures allowed at once.
+    pub burst: u32,
+}
+
+/// One entry of `tests:`.
+#[derive(Clone, Debug)]
+pub struct TestCase {
+    /// Its name.
+    pub name: String,
+    /// Line of the entry, for failure messages.
+    pub pos: Pos,
+    /// The simulated request.
+    pub request: TestRequest,
+    /// The expected outcome.
+    pub expect: Expectation,
+    /// The route that must decide, when given.
+    pub route: Option<String>,
+}
+
+/// A simulated request: its credentials are taken as verified.
+#[derive(Clone, Debug)]
+pub struct TestRequest {
+    /// Method.
+    pub method: Method,
+    /// Path, normalized like a real request's.
+    pub path: String,
+    /// Host, when given.
+    pub host: Option<String>,
+    /// Certificate fields, when the caller presents a certificate.
+    pub cert: Option<crate::identity::PeerCert>,
+    /// The principal whose API key the caller presents.
+    pub api_key_id: Option<String>,
+    /// Claims of a verified JWT.
+    pub jwt: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The Basic user the caller logs in as (password taken as right).
+    pub basic_user: Option<String>,
+    /// Source address (default 127.0.0.1).
+    pub source_ip: std::net::IpAddr,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+}
+
+/// `tests[].expect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// Forwarded.
+    Allow,
+    /// 401.
+    Unauthenticated,
+    /// 403.
+    Forbidden,
+    /// 404.
+    NoRoute,
 }
 
 /// Globs on the fields of a verified client certificate; every given field must match.
@@ -180,14 +345,76 @@ pub struct RouteMatch {
 }
 
 /// `routes[].allow`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Allow {
     /// Everyone, even without any credential.
     Anyone,
     /// Any verified credential, even one that matches no principal.
     Authenticated,
-    /// Callers holding any of these roles.
-    Roles(Vec<String>),
+    /// Roles, factors and conditions.
+    Rules(AllowRules),
+}
+
+/// `allow: { roles, factors, when }`: every part given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct AllowRules {
+    /// The caller must hold any of these roles (empty: no role needed).
+    pub roles: Vec<String>,
+    /// The caller must have verified all of these credentials.
+    pub factors: Vec<crate::policy::Factor>,
+    /// Every condition must hold.
+    pub when: Vec<Condition>,
+}
+
+impl AllowRules {
+    /// Whether a caller with no credential at all could pass (only `when` conditions).
+    pub fn needs_credential(&self) -> bool {
+        !self.roles.is_empty() || !self.factors.is_empty()
+    }
+}
+
+/// One `allow.when` condition; lists mean any of.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// The client address lies in any of these networks.
+    SourceIp(Vec<ipnet::IpNet>),
+    /// Each named certificate field matches any of its globs.
+    Cert(Vec<(CertField, Vec<Glob>)>),
+    /// Each named JWT claim matches any of its globs.
+    Claims(Vec<(String, Vec<Glob>)>),
+    /// Each named request header matches any of its globs.
+    Headers(Vec<(HeaderName, Vec<Glob>)>),
+}
+
+/// A certificate field named in `when.cert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertField {
+    /// Subject CN.
+    Cn,
+    /// Subject O.
+    O,
+    /// Subject OU.
+    Ou,
+    /// DNS SANs.
+    SanDns,
+    /// URI SANs.
+    SanUri,
+    /// E-mail SANs.
+    SanEmail,
+}
+
+impl CertField {
+    /// The values of this field in a certificate.
+    pub fn values(self, c: &crate::identity::PeerCert) -> &[String] {
+        match self {
+            CertField::Cn => &c.cn,
+            CertField::O => &c.o,
+            CertField::Ou => &c.ou,
+            CertField::SanDns => &c.san_dns,
+            CertField::SanUri => &c.san_uri,
+            CertField::SanEmail => &c.san_email,
+        }
+    }
 }
 
 /// `forward:` settings.

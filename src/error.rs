@@ -27,6 +27,8 @@ pub enum GatewayError {
     UpstreamUnavailable,
     /// The upstream did not send a response head in time.
     UpstreamTimeout,
+    /// The client IP spent its failed-authentication budget; retry after this long.
+    TooManyAuthFailures(std::time::Duration),
 }
 
 impl GatewayError {
@@ -41,6 +43,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::TooManyAuthFailures(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "request body too large",
             GatewayError::UpstreamUnavailable => "upstream unavailable",
             GatewayError::UpstreamTimeout => "upstream timeout",
+            GatewayError::TooManyAuthFailures(_) => "too many failed authentications",
         }
     }
 
@@ -73,12 +77,19 @@ impl GatewayError {
 
     /// Builds the response; `request_id` is already validated header-safe.
     pub fn into_response(self, request_id: &str) -> Response<ResponseBody> {
-        error_response(
+        let mut resp = error_response(
             self.status(),
             self.reason(),
             request_id,
             self.closes_connection(),
-        )
+        );
+        if let GatewayError::TooManyAuthFailures(wait) = self {
+            // Whole seconds, rounded up: a client retrying sooner is refused again.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
     }
 }
 
@@ -126,6 +137,10 @@ mod tests {
             (GatewayError::BodyTooLarge, 413),
             (GatewayError::UpstreamUnavailable, 502),
             (GatewayError::UpstreamTimeout, 504),
+            (
+                GatewayError::TooManyAuthFailures(std::time::Duration::from_millis(1500)),
+                429,
+            ),
         ];
         for (e, status) in table {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

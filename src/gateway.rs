@@ -28,12 +28,14 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
+use crate::auth::guard::AuthGuard;
+use crate::auth::{self, AuthFailure, Authenticator};
 use crate::config::{Config, ConfigErrors};
 use crate::error::GatewayError;
 use crate::identity::PeerCert;
 use crate::metrics::{Metrics, RouteReason, UpstreamKind};
 use crate::observability::{Activity, RequestLog};
-use crate::policy::{Caller, Policy, normalize_path};
+use crate::policy::{Caller, Policy, RequestFacts, Verified, normalize_path};
 use crate::proxy::headers;
 use crate::proxy::{LimitedBody, TrackedBody, Upstream};
 use crate::tls::Expiries;
@@ -50,6 +52,8 @@ pub struct State {
     pub upstreams: Vec<Upstream>,
     /// Certificate and CRL expiry facts.
     pub expiries: Expiries,
+    /// API key, JWT and Basic verification.
+    pub auth: Arc<Authenticator>,
     /// Distinguishes snapshots, so per-connection caches know when to recompute.
     generation: u64,
 }
@@ -67,6 +71,7 @@ impl State {
         let (tls, expiries) = crate::tls::server_config(&config)?;
         let policy = Policy::new(&config);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
+        let auth = Arc::new(Authenticator::new(&config)?);
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         Ok(State {
             config,
@@ -74,6 +79,7 @@ impl State {
             tls,
             upstreams,
             expiries,
+            auth,
             generation,
         })
     }
@@ -87,6 +93,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// False once draining has begun (`/readyz` answers 503).
     pub ready: AtomicBool,
+    /// Failed authentications per client IP; kept across reloads while its limit is unchanged.
+    pub auth_guard: ArcSwap<AuthGuard>,
 }
 
 impl Shared {
@@ -94,11 +102,28 @@ impl Shared {
     pub fn new(state: State) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::new());
         metrics.set_expiries(&state.expiries);
+        let guard = AuthGuard::new(state.config.auth_failures);
         Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             metrics,
             ready: AtomicBool::new(false),
+            auth_guard: ArcSwap::from_pointee(guard),
         })
+    }
+
+    /// Installs a new snapshot (reload): background key refresh starts for it, and the
+    /// failure guard is replaced only when its limit changed.
+    pub fn install(&self, state: State) {
+        let old = self.state.load().config.auth_failures;
+        let new = state.config.auth_failures;
+        if (old.rate, old.per, old.burst) != (new.rate, new.per, new.burst) {
+            self.auth_guard.store(Arc::new(AuthGuard::new(new)));
+        }
+        if let Some(j) = state.auth.jwt() {
+            j.start_refresh();
+        }
+        self.metrics.set_expiries(&state.expiries);
+        self.state.store(Arc::new(state));
     }
 }
 
@@ -148,7 +173,10 @@ impl Connection {
         {
             return v;
         }
-        let caller = state.policy.identify(self.cert.as_ref());
+        let caller = state.policy.identify(&Verified {
+            cert: self.cert.as_ref(),
+            ..Verified::default()
+        });
         let view = Arc::new(CallerView {
             generation: state.generation,
             identity: caller.identity.as_deref().map(Arc::from),
@@ -204,7 +232,14 @@ impl GatewayService {
                 if log.decision == "allow" {
                     log.decision = e.reason();
                 }
-                e.into_response(&log.request_id)
+                let mut resp = e.into_response(&log.request_id);
+                if resp.status() == http::StatusCode::UNAUTHORIZED {
+                    for challenge in state.auth.challenges() {
+                        resp.headers_mut()
+                            .append(header::WWW_AUTHENTICATE, challenge.clone());
+                    }
+                }
+                resp
             }
         };
         log.status = resp.status().as_u16();
@@ -238,16 +273,47 @@ impl GatewayService {
         log.path.clone_from(&path);
         let host = request_host(&req);
 
-        // 4. Identity from the connection's verified certificate (cached per connection).
+        // 4. Credentials. The certificate's part is cached per connection; every other
+        //    presented credential must verify, or the request is refused (401), and failures
+        //    spend the client IP's auth_failures budget (429 once spent).
         let view = self.conn.caller_view(state);
-        let caller: &Caller = &view.caller;
         log.identity.clone_from(&view.identity);
         log.roles = view.roles.clone();
+        let presented = match auth::presented(req.headers(), &config.api_keys.header) {
+            Ok(p) => p,
+            Err(failure) => return Err(self.auth_failed(failure, log)),
+        };
+        let mut claims = None;
+        let per_request: Option<(Caller, Vec<(HeaderName, HeaderValue)>)> = if presented.any() {
+            let (caller, c) = self.authenticate(state, presented, log).await?;
+            claims = c;
+            let headers =
+                headers::identity_headers(&caller, self.conn.cert.as_ref(), &config.forward);
+            Some((caller, headers))
+        } else {
+            None
+        };
+        let (caller, identity_headers): (&Caller, &[(HeaderName, HeaderValue)]) = match &per_request
+        {
+            Some((c, h)) => (c, h),
+            None => (&view.caller, &view.headers),
+        };
+        if let Some((c, _)) = &per_request {
+            log.identity = c.identity.as_deref().map(Arc::from);
+            log.roles = Arc::from(c.roles.join(","));
+        }
 
         // 5. Route and authorization.
-        let decision = state
-            .policy
-            .decide(req.method(), host.as_deref(), &path, caller);
+        let facts = RequestFacts {
+            method: req.method(),
+            host: host.as_deref(),
+            path: &path,
+            source_ip: self.conn.remote.ip(),
+            headers: req.headers(),
+            cert: self.conn.cert.as_ref(),
+            claims: claims.as_ref(),
+        };
+        let decision = state.policy.decide(&facts, caller);
         log.route = decision.route.map(|r| r.name.clone());
         if let Err(denial) = decision.verdict {
             log.decision = denial.as_str();
@@ -303,8 +369,11 @@ impl GatewayService {
         {
             parts.headers.insert(header::HOST, v);
         }
+        if !config.forward.credentials {
+            parts.headers.remove(&config.api_keys.header);
+        }
         let h = &mut parts.headers;
-        for (name, value) in &view.headers {
+        for (name, value) in identity_headers {
             h.insert(name.clone(), value.clone());
         }
         if config.forward.x_forwarded {
@@ -345,6 +414,78 @@ impl GatewayService {
                 Err(fe.error)
             }
         }
+    }
+}
+
+impl GatewayService {
+    /// Verifies every presented credential, under the client IP's failure budget.
+    async fn authenticate(
+        &self,
+        state: &State,
+        presented: auth::Presented,
+        log: &mut RequestLog,
+    ) -> Result<(Caller, Option<serde_json::Map<String, serde_json::Value>>), GatewayError> {
+        let ip = self.conn.remote.ip();
+        if let Some(wait) = self.shared.auth_guard.load().blocked(ip, Instant::now()) {
+            log.decision = "auth_failures";
+            return Err(GatewayError::TooManyAuthFailures(wait));
+        }
+        let cert = self.conn.cert.as_ref();
+        let mut verified = Verified {
+            cert,
+            ..Verified::default()
+        };
+        if let Some(key) = &presented.api_key {
+            let today = time::OffsetDateTime::now_utc().date();
+            match state.auth.verify_api_key(key, today) {
+                Ok(i) => verified.api_key = Some(i),
+                Err(f) => return Err(self.auth_failed(f, log)),
+            }
+        }
+        let mut claims = None;
+        if let Some(token) = &presented.bearer {
+            match state.auth.verify_jwt(token, cert) {
+                Ok(c) => claims = Some(c),
+                Err(f) => return Err(self.auth_failed(f, log)),
+            }
+        }
+        if let Some((user, password)) = presented.basic {
+            if !state.auth.has_basic() {
+                return Err(self.auth_failed(AuthFailure::NotConfigured("basic"), log));
+            }
+            match state.auth.verify_basic_async(user, password).await {
+                Ok(i) => verified.basic = Some(i),
+                Err(f) => return Err(self.auth_failed(f, log)),
+            }
+        }
+        verified.jwt = claims.as_ref();
+        let caller = state.policy.identify(&verified);
+        Ok((caller, claims))
+    }
+
+    /// A refused credential: logged with its reason, counted against the client IP.
+    fn auth_failed(&self, failure: AuthFailure, log: &mut RequestLog) -> GatewayError {
+        let ip = self.conn.remote.ip();
+        tracing::info!(request_id = %log.request_id, client = %self.conn.remote, reason = %failure, "credential refused");
+        self.shared
+            .metrics
+            .authz_denied
+            .get_or_create(&RouteReason {
+                route: "none".to_owned(),
+                reason: "bad_credential".to_owned(),
+            })
+            .inc();
+        if let Some(wait) = self
+            .shared
+            .auth_guard
+            .load()
+            .record_failure(ip, Instant::now())
+        {
+            log.decision = "auth_failures";
+            return GatewayError::TooManyAuthFailures(wait);
+        }
+        log.decision = "bad_credential";
+        GatewayError::Denied(crate::policy::Denial::Unauthenticated)
     }
 }
 

@@ -5,20 +5,23 @@
 //! - [`tls`]: rustls server configuration, client verification, CRLs;
 //! - [`identity`]: the verified client certificate, read once per connection;
 //! - [`gateway`]: the per-request stages in order, over one swappable [`gateway::State`];
+//! - [`auth`]: API keys, JWT and Basic credentials, and the brute-force guard;
 //! - [`policy`]: path normalization, routes, principals and the allow/deny decision;
 //! - [`proxy`]: header hygiene and forwarding to pooled upstreams;
 //! - [`error`]: the single error → status mapping;
 //! - [`observability`], [`metrics`], [`admin`]: logs, the access log, Prometheus, health.
 //!
 //! Around them: [`config`] (gateway.yaml), [`reload`], [`pki`] (`certs` commands),
-//! [`demo`] and [`cli`].
+//! [`explain`] (`explain` and `test`), [`demo`] and [`cli`].
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;

@@ -1,26 +1,38 @@
 //! The policy: who a caller is, which route a request takes, and whether it may pass.
 //!
-//! Pure functions over the resolved [`Config`]: no I/O, no tower, no clocks. The running
-//! gateway calls [`Policy::decide`]; tools that dry-run a request call the same function, so
-//! they cannot disagree. Path normalization lives in `policy::path` because matching and
-//! forwarding must see the same path.
+//! Pure functions over the resolved [`Config`]: no I/O, no tower, no clocks. Credentials are
+//! verified elsewhere (`auth`); this module takes what was verified, works out principals and
+//! roles ([`Policy::identify`]) and decides ([`Policy::decide`]). The running gateway, `explain`
+//! and `test` all call these two functions, so they cannot disagree. Path normalization lives
+//! in `policy::path` because matching and forwarding must see the same path.
 
 mod path;
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
-use http::Method;
+use http::{HeaderMap, Method};
+use serde_json::{Map, Value};
 
 pub use path::{PathError, normalize_path};
 
-use crate::config::{Allow, CertMatcher, Config, Principal, RouteSettings};
+use crate::config::{
+    Allow, CertMatcher, ClaimTest, Condition, Config, Glob, Principal, PrincipalMatcher,
+    RouteSettings,
+};
 use crate::identity::PeerCert;
 
-/// A verified credential kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A verified credential kind, in the canonical order used in headers and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Factor {
     /// A client certificate verified during the handshake.
     Certificate,
+    /// An API key matching a principal's hash.
+    ApiKey,
+    /// A JWT bearer token with a valid signature and claims.
+    Jwt,
+    /// HTTP Basic credentials matching an argon2id hash.
+    Basic,
 }
 
 impl Factor {
@@ -28,8 +40,35 @@ impl Factor {
     pub fn as_str(self) -> &'static str {
         match self {
             Factor::Certificate => "certificate",
+            Factor::ApiKey => "api_key",
+            Factor::Jwt => "jwt",
+            Factor::Basic => "basic",
         }
     }
+
+    /// Parses a factor name from the configuration.
+    pub fn from_name(name: &str) -> Option<Factor> {
+        Some(match name {
+            "certificate" => Factor::Certificate,
+            "api_key" => Factor::ApiKey,
+            "jwt" => Factor::Jwt,
+            "basic" => Factor::Basic,
+            _ => return None,
+        })
+    }
+}
+
+/// The credentials of one request that were verified.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Verified<'a> {
+    /// The connection's client certificate.
+    pub cert: Option<&'a PeerCert>,
+    /// Index of the principal whose API key was presented.
+    pub api_key: Option<usize>,
+    /// Claims of a verified JWT.
+    pub jwt: Option<&'a Map<String, Value>>,
+    /// Index of the principal whose Basic credentials were presented.
+    pub basic: Option<usize>,
 }
 
 /// Who the caller is, as far as its verified credentials say.
@@ -52,6 +91,25 @@ impl Caller {
     }
 }
 
+/// What a decision may look at besides the caller: the request's attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Host without port, lower-case.
+    pub host: Option<&'a str>,
+    /// Normalized path.
+    pub path: &'a str,
+    /// Client address.
+    pub source_ip: IpAddr,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The verified certificate, for `when.cert`.
+    pub cert: Option<&'a PeerCert>,
+    /// Verified JWT claims, for `when.claims`.
+    pub claims: Option<&'a Map<String, Value>>,
+}
+
 /// Why a request may not pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denial {
@@ -59,7 +117,7 @@ pub enum Denial {
     NoRoute,
     /// The route needs a credential and none was presented (401).
     Unauthenticated,
-    /// The caller is known but lacks a role the route requires (403).
+    /// The caller is known but the route's rules do not allow it (403).
     Forbidden,
 }
 
@@ -81,7 +139,7 @@ pub struct Decision<'a> {
     pub route: Option<&'a RouteSettings>,
     /// `Ok` to forward, or why not.
     pub verdict: Result<(), Denial>,
-    /// Which rule decided, in words, for logs and tools.
+    /// Which rule decided, for logs and tools.
     pub rule: &'static str,
 }
 
@@ -101,24 +159,77 @@ impl Policy {
         }
     }
 
-    /// Identifies a caller from its verified certificate.
-    pub fn identify(&self, cert: Option<&PeerCert>) -> Caller {
-        let Some(cert) = cert else {
-            return Caller::default();
-        };
+    /// The principals, in file order (indices match [`Verified::api_key`] and `basic`).
+    pub fn principals(&self) -> &[Principal] {
+        &self.principals
+    }
+
+    /// Works out principals, roles, factors and identity from verified credentials.
+    ///
+    /// The identity is the first verified factor's, in the order certificate (URI SAN, else
+    /// subject DN), jwt (`sub`), api_key or basic (the principal's name).
+    pub fn identify(&self, v: &Verified<'_>) -> Caller {
         let mut principals = BTreeSet::new();
         let mut roles = BTreeSet::new();
-        for p in &self.principals {
-            if p.cert.as_ref().is_some_and(|m| cert_matches(m, cert)) {
-                principals.insert(p.name.clone());
-                roles.extend(p.roles.iter().cloned());
+        let mut factors = Vec::new();
+        let mut grant = |p: &Principal| {
+            principals.insert(p.name.clone());
+            roles.extend(p.roles.iter().cloned());
+        };
+        if let Some(cert) = v.cert {
+            factors.push(Factor::Certificate);
+            for p in &self.principals {
+                if let PrincipalMatcher::Cert(m) = &p.matcher
+                    && cert_matches(m, cert)
+                {
+                    grant(p);
+                }
             }
         }
+        if let Some(p) = v.api_key.and_then(|i| self.principals.get(i)) {
+            factors.push(Factor::ApiKey);
+            grant(p);
+        }
+        if let Some(claims) = v.jwt {
+            factors.push(Factor::Jwt);
+            for p in &self.principals {
+                if let PrincipalMatcher::Jwt { claim, test } = &p.matcher
+                    && claims
+                        .get(claim)
+                        .is_some_and(|value| claim_matches(test, value))
+                {
+                    grant(p);
+                }
+            }
+        }
+        if let Some(p) = v.basic.and_then(|i| self.principals.get(i)) {
+            factors.push(Factor::Basic);
+            grant(p);
+        }
+        let identity = v
+            .cert
+            .map(|c| c.identity().to_owned())
+            .or_else(|| {
+                v.jwt
+                    .and_then(|c| c.get("sub"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .or_else(|| {
+                v.api_key
+                    .and_then(|i| self.principals.get(i))
+                    .map(|p| p.name.clone())
+            })
+            .or_else(|| {
+                v.basic
+                    .and_then(|i| self.principals.get(i))
+                    .map(|p| p.name.clone())
+            });
         Caller {
-            identity: Some(cert.identity().to_owned()),
+            identity,
             principals: principals.into_iter().collect(),
             roles: roles.into_iter().collect(),
-            factors: vec![Factor::Certificate],
+            factors,
         }
     }
 
@@ -135,40 +246,15 @@ impl Policy {
     }
 
     /// Decides one request: route, then authorization. Default deny.
-    pub fn decide<'a>(
-        &'a self,
-        method: &Method,
-        host: Option<&str>,
-        path: &str,
-        caller: &Caller,
-    ) -> Decision<'a> {
-        let Some(route) = self.route(method, host, path) else {
+    pub fn decide<'a>(&'a self, req: &RequestFacts<'_>, caller: &Caller) -> Decision<'a> {
+        let Some(route) = self.route(req.method, req.host, req.path) else {
             return Decision {
                 route: None,
                 verdict: Err(Denial::NoRoute),
                 rule: "no route matches",
             };
         };
-        let (verdict, rule) = match &route.allow {
-            Allow::Anyone => (Ok(()), "allow: anyone"),
-            Allow::Authenticated if caller.is_authenticated() => (Ok(()), "allow: authenticated"),
-            Allow::Authenticated => (
-                Err(Denial::Unauthenticated),
-                "allow: authenticated, no credential",
-            ),
-            Allow::Roles(_) if !caller.is_authenticated() => {
-                (Err(Denial::Unauthenticated), "allow.roles, no credential")
-            }
-            Allow::Roles(wanted)
-                if wanted.iter().any(|w| caller.roles.binary_search(w).is_ok()) =>
-            {
-                (Ok(()), "allow.roles")
-            }
-            Allow::Roles(_) => (
-                Err(Denial::Forbidden),
-                "allow.roles, caller has none of them",
-            ),
-        };
+        let (verdict, rule) = authorize(&route.allow, req, caller);
         Decision {
             route: Some(route),
             verdict,
@@ -177,7 +263,113 @@ impl Policy {
     }
 }
 
-fn any_match(glob: &Option<crate::config::Glob>, values: &[String]) -> bool {
+fn authorize(
+    allow: &Allow,
+    req: &RequestFacts<'_>,
+    caller: &Caller,
+) -> (Result<(), Denial>, &'static str) {
+    let rules = match allow {
+        Allow::Anyone => return (Ok(()), "allow: anyone"),
+        Allow::Authenticated if caller.is_authenticated() => {
+            return (Ok(()), "allow: authenticated");
+        }
+        Allow::Authenticated => {
+            return (
+                Err(Denial::Unauthenticated),
+                "allow: authenticated (no credential)",
+            );
+        }
+        Allow::Rules(r) => r,
+    };
+    if rules.needs_credential() && !caller.is_authenticated() {
+        return (
+            Err(Denial::Unauthenticated),
+            "allow rules need a credential, none presented",
+        );
+    }
+    if !rules.roles.is_empty()
+        && !rules
+            .roles
+            .iter()
+            .any(|w| caller.roles.binary_search(w).is_ok())
+    {
+        return (
+            Err(Denial::Forbidden),
+            "allow.roles: the caller has none of them",
+        );
+    }
+    if !rules.factors.iter().all(|f| caller.factors.contains(f)) {
+        return (
+            Err(Denial::Forbidden),
+            "allow.factors: a required credential is missing",
+        );
+    }
+    for c in &rules.when {
+        let (holds, name) = match c {
+            Condition::SourceIp(nets) => (
+                nets.iter().any(|n| n.contains(&req.source_ip)),
+                "allow.when.source_ip",
+            ),
+            Condition::Cert(fields) => (
+                req.cert.is_some_and(|cert| {
+                    fields.iter().all(|(f, globs)| {
+                        f.values(cert)
+                            .iter()
+                            .any(|v| globs.iter().any(|g| g.is_match(v)))
+                    })
+                }),
+                "allow.when.cert",
+            ),
+            Condition::Claims(claims) => (
+                req.claims.is_some_and(|map| {
+                    claims.iter().all(|(name, globs)| {
+                        map.get(name).is_some_and(|v| value_matches_any(v, globs))
+                    })
+                }),
+                "allow.when.claims",
+            ),
+            Condition::Headers(headers) => (
+                headers.iter().all(|(name, globs)| {
+                    req.headers.get_all(name).iter().any(|v| {
+                        v.to_str()
+                            .is_ok_and(|v| globs.iter().any(|g| g.is_match(v)))
+                    })
+                }),
+                "allow.when.headers",
+            ),
+        };
+        if !holds {
+            return (Err(Denial::Forbidden), name);
+        }
+    }
+    (Ok(()), "allow rules")
+}
+
+/// A claim value as strings: a string, each string of an array, or a number or bool printed.
+fn claim_strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().flat_map(claim_strings).collect(),
+        Value::Number(n) => vec![n.to_string()],
+        Value::Bool(b) => vec![b.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+fn value_matches_any(v: &Value, globs: &[Glob]) -> bool {
+    claim_strings(v)
+        .iter()
+        .any(|s| globs.iter().any(|g| g.is_match(s)))
+}
+
+fn claim_matches(test: &ClaimTest, v: &Value) -> bool {
+    match test {
+        ClaimTest::Contains(want) => claim_strings(v).iter().any(|s| s == want),
+        ClaimTest::Equals(glob) => value_matches_any(v, std::slice::from_ref(glob)),
+    }
+}
+
+fn any_match(glob: &Option<Glob>, values: &[String]) -> bool {
     glob.as_ref()
         .is_none_or(|g| values.iter().any(|v| g.is_match(v)))
 }
@@ -204,16 +396,37 @@ mod tests {
     const YAML: &str = r#"
 tls: { cert: s.crt, key: s.key, client_ca: ca.crt }
 upstreams: { app: { url: "http://127.0.0.1:1" } }
+jwt: { jwks: jwks.json, algorithms: [ES256] }
 principals:
   - { name: ops, cert: { cn: "ops-*" }, roles: [admin, reader] }
   - { name: readers, cert: { cn: "reader-*" }, roles: [reader] }
   - { name: platform, cert: { ou: Platform }, roles: [reader] }
+  - { name: batch, api_key: { sha256: "0000000000000000000000000000000000000000000000000000000000000001" }, roles: [batch] }
+  - { name: engineers, jwt: { claim: groups, contains: engineering }, roles: [reader] }
 routes:
   - { name: admin, match: { prefix: /admin/, methods: [GET, DELETE] }, upstream: app, allow: { roles: [admin] } }
   - { name: health, match: { exact: /health }, upstream: app, allow: anyone }
   - { name: me, match: { exact: /me }, upstream: app, allow: authenticated }
   - { name: api, match: { prefix: /api, host: "api.*" }, upstream: app, allow: { roles: [reader] } }
+  - name: two-factor
+    match: { prefix: /2fa/ }
+    upstream: app
+    allow: { roles: [batch], factors: [certificate, api_key] }
+  - name: conditional
+    match: { prefix: /cond/ }
+    upstream: app
+    allow:
+      roles: [reader]
+      when: { source_ip: [10.0.0.0/8], cert: { ou: Platform }, headers: { x-tenant: "acme-*" } }
+  - name: claims
+    match: { prefix: /claims/ }
+    upstream: app
+    allow: { roles: [reader], when: { claims: { department: [eng, ops] } } }
 "#;
+
+    fn policy() -> Policy {
+        Policy::new(&crate::config::from_str(YAML, Path::new("gw.yaml")).unwrap())
+    }
 
     fn cert(cn: &str, ou: Option<&str>) -> PeerCert {
         PeerCert {
@@ -224,28 +437,87 @@ routes:
         }
     }
 
+    fn with_cert(c: &PeerCert) -> Verified<'_> {
+        Verified {
+            cert: Some(c),
+            ..Verified::default()
+        }
+    }
+
+    fn facts<'a>(
+        method: &'a Method,
+        host: Option<&'a str>,
+        path: &'a str,
+        headers: &'a HeaderMap,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            method,
+            host,
+            path,
+            source_ip: [127, 0, 0, 1].into(),
+            headers,
+            cert: None,
+            claims: None,
+        }
+    }
+
     #[test]
     fn identify_unions_roles_of_every_matching_principal() {
-        let config = crate::config::from_str(YAML, Path::new("gw.yaml")).unwrap();
-        let policy = Policy::new(&config);
-        let c = policy.identify(Some(&cert("ops-alice", Some("Platform"))));
+        let policy = policy();
+        let alice = cert("ops-alice", Some("Platform"));
+        let c = policy.identify(&with_cert(&alice));
         assert_eq!(c.principals, ["ops", "platform"]);
         assert_eq!(c.roles, ["admin", "reader"]);
         assert_eq!(c.identity.as_deref(), Some("CN=ops-alice"));
-        assert_eq!(policy.identify(None), Caller::default());
-        let nobody = policy.identify(Some(&cert("nobody", None)));
+        assert_eq!(policy.identify(&Verified::default()), Caller::default());
+        let nobody_cert = cert("nobody", None);
+        let nobody = policy.identify(&with_cert(&nobody_cert));
         assert!(nobody.is_authenticated() && nobody.roles.is_empty());
+
+        // Certificate plus API key: both factors, union of roles, identity from the certificate.
+        let both = policy.identify(&Verified {
+            cert: Some(&nobody_cert),
+            api_key: Some(3),
+            ..Verified::default()
+        });
+        assert_eq!(both.factors, [Factor::Certificate, Factor::ApiKey]);
+        assert_eq!(both.principals, ["batch"]);
+        assert_eq!(both.identity.as_deref(), Some("CN=nobody"));
+        let key_only = policy.identify(&Verified {
+            api_key: Some(3),
+            ..Verified::default()
+        });
+        assert_eq!(
+            key_only.identity.as_deref(),
+            Some("batch"),
+            "an API key's identity is its principal"
+        );
+
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"sub":"u-42","groups":["staff","engineering"]}"#).unwrap();
+        let jwt = policy.identify(&Verified {
+            jwt: Some(&claims),
+            ..Verified::default()
+        });
+        assert_eq!(jwt.identity.as_deref(), Some("u-42"));
+        assert_eq!(jwt.principals, ["engineers"]);
+        assert_eq!(jwt.factors, [Factor::Jwt]);
     }
 
     #[test]
     fn decision_table() {
-        let config = crate::config::from_str(YAML, Path::new("gw.yaml")).unwrap();
-        let policy = Policy::new(&config);
-        let ops = policy.identify(Some(&cert("ops-alice", None)));
-        let bob = policy.identify(Some(&cert("reader-bob", None)));
-        let nobody = policy.identify(Some(&cert("nobody", None)));
+        let policy = policy();
+        let (a, b, n) = (
+            cert("ops-alice", None),
+            cert("reader-bob", None),
+            cert("nobody", None),
+        );
+        let ops = policy.identify(&with_cert(&a));
+        let bob = policy.identify(&with_cert(&b));
+        let nobody = policy.identify(&with_cert(&n));
         let anon = Caller::default();
         let get = Method::GET;
+        let h = HeaderMap::new();
         type Row<'a> = (
             &'a Method,
             Option<&'a str>,
@@ -317,7 +589,7 @@ routes:
             ),
         ];
         for (method, host, path, caller, want, route) in table {
-            let d = policy.decide(method, *host, path, caller);
+            let d = policy.decide(&facts(method, *host, path, &h), caller);
             assert_eq!(d.verdict, *want, "{method} {host:?} {path} {caller:?}");
             assert_eq!(
                 d.route.map(|r| r.name.as_str()),
@@ -325,5 +597,76 @@ routes:
                 "{method} {host:?} {path}"
             );
         }
+    }
+
+    #[test]
+    fn factors_demand_every_listed_credential() {
+        let policy = policy();
+        let n = cert("nobody", None);
+        let get = Method::GET;
+        let h = HeaderMap::new();
+        let f = facts(&get, None, "/2fa/x", &h);
+        let cert_and_key = policy.identify(&Verified {
+            cert: Some(&n),
+            api_key: Some(3),
+            ..Verified::default()
+        });
+        assert_eq!(policy.decide(&f, &cert_and_key).verdict, Ok(()));
+        let key_only = policy.identify(&Verified {
+            api_key: Some(3),
+            ..Verified::default()
+        });
+        let d = policy.decide(&f, &key_only);
+        assert_eq!(d.verdict, Err(Denial::Forbidden));
+        assert_eq!(d.rule, "allow.factors: a required credential is missing");
+    }
+
+    #[test]
+    fn when_conditions_must_all_hold() {
+        let policy = policy();
+        let platform = cert("reader-p", Some("Platform"));
+        let other = cert("reader-q", Some("Sales"));
+        let get = Method::GET;
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", "acme-eu".parse().unwrap());
+        let caller = policy.identify(&with_cert(&platform));
+        let mut f = facts(&get, None, "/cond/x", &h);
+        f.cert = Some(&platform);
+        f.source_ip = [10, 1, 2, 3].into();
+        assert_eq!(policy.decide(&f, &caller).verdict, Ok(()));
+
+        let mut wrong_ip = f;
+        wrong_ip.source_ip = [192, 0, 2, 1].into();
+        assert_eq!(
+            policy.decide(&wrong_ip, &caller).rule,
+            "allow.when.source_ip"
+        );
+
+        let other_caller = policy.identify(&with_cert(&other));
+        let mut wrong_ou = f;
+        wrong_ou.cert = Some(&other);
+        assert_eq!(
+            policy.decide(&wrong_ou, &other_caller).rule,
+            "allow.when.cert"
+        );
+
+        let empty = HeaderMap::new();
+        let mut no_header = f;
+        no_header.headers = &empty;
+        assert_eq!(
+            policy.decide(&no_header, &caller).rule,
+            "allow.when.headers"
+        );
+
+        let claims: Map<String, Value> = serde_json::from_str(r#"{"department":"ops"}"#).unwrap();
+        let mut with_claims = facts(&get, None, "/claims/x", &h);
+        with_claims.claims = Some(&claims);
+        assert_eq!(policy.decide(&with_claims, &caller).verdict, Ok(()));
+        let sales: Map<String, Value> = serde_json::from_str(r#"{"department":"sales"}"#).unwrap();
+        with_claims.claims = Some(&sales);
+        assert_eq!(
+            policy.decide(&with_claims, &caller).rule,
+            "allow.when.claims"
+        );
     }
 }

@@ -22,8 +22,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigE
     };
     match result {
         Ok(state) => {
-            shared.metrics.set_expiries(&state.expiries);
-            shared.state.store(Arc::new(state));
+            shared.install(state);
             shared
                 .metrics
                 .config_reloads

@@ -79,8 +79,12 @@ impl Gateway {
             }
             None => None,
         };
+        let shared = Shared::new(state);
+        if let Some(j) = shared.state.load().auth.jwt() {
+            j.start_refresh();
+        }
         Ok(Gateway {
-            shared: Shared::new(state),
+            shared,
             listener,
             admin,
         })
@@ -117,6 +121,16 @@ impl Gateway {
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, shared.clone(), stop_rx.clone()));
         }
+        // Forget IPs whose failed-authentication budget has refilled.
+        let pruner = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    shared.auth_guard.load().prune(std::time::Instant::now());
+                }
+            })
+        };
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "portcullis is serving");
 
@@ -126,6 +140,7 @@ impl Gateway {
         }
 
         // Drain: stop accepting, fail readiness, ask connections to finish, wait for them.
+        pruner.abort();
         drop(listener);
         shared.ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);

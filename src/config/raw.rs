@@ -23,9 +23,88 @@ pub struct RawConfig {
     pub upstreams: Option<Sp<BTreeMap<String, Sp<RawUpstream>>>>,
     pub principals: Option<Vec<Sp<RawPrincipal>>>,
     pub routes: Option<Sp<Vec<Sp<RawRoute>>>>,
+    pub api_keys: Option<Sp<RawApiKeys>>,
+    pub jwt: Option<Sp<RawJwt>>,
+    pub basic: Option<Sp<RawBasic>>,
+    pub rate_limits: Option<Sp<RawRateLimits>>,
     pub forward: Option<Sp<RawForward>>,
     pub limits: Option<Sp<RawLimits>>,
     pub logging: Option<Sp<RawLogging>>,
+    pub tests: Option<Vec<Sp<RawTest>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    pub header: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: Option<Sp<String>>,
+    pub audiences: Option<Sp<Vec<Sp<String>>>>,
+    pub jwks: Option<Sp<String>>,
+    pub jwks_ca: Option<Sp<String>>,
+    pub jwks_refresh: Option<Sp<String>>,
+    pub algorithms: Option<Sp<Vec<Sp<String>>>>,
+    pub leeway: Option<Sp<String>>,
+    pub bind_to_certificate: Option<Sp<bool>>,
+    pub hmac_secret: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    pub realm: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub auth_failures: Option<Sp<RawLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub key: Option<Sp<String>>,
+    pub rate: Option<Sp<String>>,
+    pub burst: Option<Sp<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub name: Option<Sp<String>>,
+    pub request: Option<Sp<RawTestRequest>>,
+    pub expect: Option<Sp<String>>,
+    pub route: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestRequest {
+    pub method: Option<Sp<String>>,
+    pub path: Option<Sp<String>>,
+    pub host: Option<Sp<String>>,
+    pub cert: Option<Sp<RawTestCert>>,
+    pub api_key_id: Option<Sp<String>>,
+    pub jwt: Option<Sp<BTreeMap<String, serde_json::Value>>>,
+    pub basic_user: Option<Sp<String>>,
+    pub source_ip: Option<Sp<String>>,
+    pub headers: Option<Sp<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestCert {
+    pub cn: Option<String>,
+    pub o: Option<String>,
+    pub ou: Option<String>,
+    pub san_dns: Option<String>,
+    pub san_uri: Option<String>,
+    pub san_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,7 +137,32 @@ pub struct RawUpstream {
 pub struct RawPrincipal {
     pub name: Option<Sp<String>>,
     pub cert: Option<Sp<RawCertMatch>>,
+    pub api_key: Option<Sp<RawApiKeyMatch>>,
+    pub jwt: Option<Sp<RawJwtMatch>>,
+    pub basic: Option<Sp<RawBasicMatch>>,
     pub roles: Option<Sp<Vec<Sp<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyMatch {
+    pub sha256: Option<Sp<String>>,
+    pub expires: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtMatch {
+    pub claim: Option<Sp<String>>,
+    pub contains: Option<Sp<String>>,
+    pub equals: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicMatch {
+    pub user: Option<Sp<String>>,
+    pub argon2: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,14 +202,29 @@ pub struct RawMatch {
 #[derive(Debug)]
 pub enum RawAllow {
     Keyword(String),
-    Rules(RawAllowRules),
+    Rules(Box<RawAllowRules>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAllowRules {
     pub roles: Option<Sp<Vec<Sp<String>>>>,
+    pub factors: Option<Sp<Vec<Sp<String>>>>,
+    pub when: Option<Sp<RawWhen>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub source_ip: Option<Sp<OneOrMany>>,
+    pub cert: Option<Sp<BTreeMap<String, OneOrMany>>>,
+    pub claims: Option<Sp<BTreeMap<String, OneOrMany>>>,
+    pub headers: Option<Sp<BTreeMap<String, OneOrMany>>>,
+}
+
+/// A string or a list of strings (a list means any of).
+#[derive(Debug)]
+pub struct OneOrMany(pub Vec<String>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +265,36 @@ pub struct RawLogging {
     pub access_log: Option<Sp<bool>>,
 }
 
+// === impl OneOrMany ===
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+
+        deserializer.deserialize_any(V)
+    }
+}
+
 // === impl RawAllow ===
 
 impl<'de> Deserialize<'de> for RawAllow {
@@ -165,7 +314,7 @@ impl<'de> Deserialize<'de> for RawAllow {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAllow, A::Error> {
                 let rules = RawAllowRules::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawAllow::Rules(rules))
+                Ok(RawAllow::Rules(Box::new(rules)))
             }
         }
 

@@ -12,12 +12,15 @@ use std::time::Duration;
 use http::{HeaderName, Method, Uri};
 
 use super::raw::{self, RawAllow, RawConfig, Sp};
-use super::units::{parse_duration, parse_size};
+use super::units::{parse_duration, parse_rate, parse_size};
 use super::{
-    AdminSettings, Allow, CertFormat, CertMatcher, ClientAuth, Config, ConfigErrors, FileRef,
-    ForwardSettings, Glob, Limits, LogFormat, LoggingSettings, Pos, Principal, Problems,
-    RouteMatch, RouteSettings, TlsSettings, TlsVersion, UpstreamSettings,
+    AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
+    CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, Expectation,
+    FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, Limits, LogFormat, LoggingSettings,
+    Pos, Principal, PrincipalMatcher, Problems, RouteMatch, RouteSettings, Secret, TestCase,
+    TestRequest, TlsSettings, TlsVersion, UpstreamSettings,
 };
+use crate::policy::Factor;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 
@@ -167,6 +170,29 @@ impl Resolver {
         let forward = self.forward(raw.forward.as_ref());
         let limits = self.limits(raw.limits.as_ref());
         let logging = self.logging(raw.logging.as_ref());
+        let api_keys = ApiKeySettings {
+            header: self.header_name(
+                raw.api_keys.as_ref().and_then(|a| a.value.header.as_ref()),
+                "api_keys.header",
+                "x-api-key",
+            )?,
+        };
+        let jwt = match &raw.jwt {
+            Some(j) => Some(self.jwt(j)?),
+            None => None,
+        };
+        self.check_credential_sections(&principals, jwt.is_some(), raw.jwt.as_ref().map(pos));
+        let basic = BasicSettings {
+            realm: match raw.basic.as_ref().and_then(|b| b.value.realm.as_ref()) {
+                Some(r) => self.string(r, "basic.realm")?,
+                None => "portcullis".to_owned(),
+            },
+        };
+        let auth_failures = self.auth_failures(raw.rate_limits.as_ref())?;
+        let tests = match &raw.tests {
+            Some(list) => self.tests(list, &principals, &routes),
+            None => Vec::new(),
+        };
         Some(Config {
             path: path.to_path_buf(),
             listen: listen?,
@@ -175,9 +201,459 @@ impl Resolver {
             upstreams,
             principals,
             routes,
+            api_keys,
+            jwt,
+            basic,
+            auth_failures,
             forward: forward?,
             limits: limits?,
             logging: logging?,
+            tests,
+        })
+    }
+
+    /// JWT principals need a `jwt:` section.
+    fn check_credential_sections(
+        &mut self,
+        principals: &[Principal],
+        has_jwt: bool,
+        _at: Option<Pos>,
+    ) {
+        if has_jwt {
+            return;
+        }
+        if let Some(p) = principals
+            .iter()
+            .find(|p| matches!(p.matcher, PrincipalMatcher::Jwt { .. }))
+        {
+            self.p.push(
+                Pos { line: 1, column: 1 },
+                "jwt",
+                format!("principal {:?} matches JWT claims, but there is no jwt: section to verify tokens", p.name),
+            );
+        }
+    }
+
+    fn jwt(&mut self, sp: &Sp<raw::RawJwt>) -> Option<JwtSettings> {
+        use jsonwebtoken::Algorithm;
+        let j = &sp.value;
+        let issuer = match &j.issuer {
+            Some(v) => Some(self.string(v, "jwt.issuer")?),
+            None => None,
+        };
+        let audiences = match &j.audiences {
+            Some(list) => self
+                .strings(list, "jwt.audiences")
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut algorithms = Vec::new();
+        match &j.algorithms {
+            Some(list) => {
+                for (name, p) in self.strings(list, "jwt.algorithms") {
+                    let alg = match name.as_str() {
+                        "RS256" => Algorithm::RS256,
+                        "RS384" => Algorithm::RS384,
+                        "RS512" => Algorithm::RS512,
+                        "PS256" => Algorithm::PS256,
+                        "PS384" => Algorithm::PS384,
+                        "PS512" => Algorithm::PS512,
+                        "ES256" => Algorithm::ES256,
+                        "ES384" => Algorithm::ES384,
+                        "EdDSA" => Algorithm::EdDSA,
+                        "HS256" => Algorithm::HS256,
+                        "HS384" => Algorithm::HS384,
+                        "HS512" => Algorithm::HS512,
+                        n if n.eq_ignore_ascii_case("none") => {
+                            self.p.push(
+                                p,
+                                "jwt.algorithms",
+                                "\"none\" is never accepted: unsigned tokens prove nothing",
+                            );
+                            continue;
+                        }
+                        other => {
+                            self.p.push(p, "jwt.algorithms", format!("unknown algorithm {other:?} (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)"));
+                            continue;
+                        }
+                    };
+                    if !algorithms.contains(&alg) {
+                        algorithms.push(alg);
+                    }
+                }
+            }
+            None => self.p.push(
+                pos(sp),
+                "jwt.algorithms",
+                "missing: list the accepted algorithms explicitly, e.g. [RS256, ES256]",
+            ),
+        }
+        let hmac =
+            |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let hmac_secret = match &j.hmac_secret {
+            Some(v) => {
+                let secret = self.string(v, "jwt.hmac_secret")?;
+                if secret.len() < 32 {
+                    self.p.push(
+                        pos(v),
+                        "jwt.hmac_secret",
+                        "must be at least 32 bytes (use ${JWT_SECRET} from the environment)",
+                    );
+                }
+                Some(Secret(secret.into_bytes()))
+            }
+            None => None,
+        };
+        if algorithms.iter().any(hmac) && hmac_secret.is_none() {
+            self.p.push(
+                pos(sp),
+                "jwt.hmac_secret",
+                "HS256/384/512 need hmac_secret (and never use keys from the JWKS)",
+            );
+        }
+        if hmac_secret.is_some() && !algorithms.iter().any(hmac) {
+            self.p.push(
+                pos(sp),
+                "jwt.hmac_secret",
+                "is set but no HS256/384/512 algorithm is listed",
+            );
+        }
+        let jwks = match &j.jwks {
+            Some(v) => {
+                let text = self.string(v, "jwt.jwks")?;
+                if text.starts_with("https://") {
+                    match text.parse::<Uri>() {
+                        Ok(u) if u.host().is_some() => Some(JwksSource::Url(u)),
+                        _ => {
+                            self.p.push(
+                                pos(v),
+                                "jwt.jwks",
+                                format!("{text:?} is not a valid https URL"),
+                            );
+                            None
+                        }
+                    }
+                } else if text.contains("://") {
+                    self.p.push(pos(v), "jwt.jwks", "a JWKS URL must use https");
+                    None
+                } else {
+                    self.file(v, "jwt.jwks").map(JwksSource::File)
+                }
+            }
+            None => None,
+        };
+        if jwks.is_none() && j.jwks.is_none() && algorithms.iter().any(|a| !hmac(a)) {
+            self.p.push(
+                pos(sp),
+                "jwt.jwks",
+                "missing: public-key algorithms need a JWKS file or https URL",
+            );
+        }
+        let jwks_ca = match &j.jwks_ca {
+            Some(v) => Some(self.file(v, "jwt.jwks_ca")?),
+            None => None,
+        };
+        let jwks_refresh = self.duration(
+            j.jwks_refresh.as_ref(),
+            "jwt.jwks_refresh",
+            Duration::from_secs(300),
+        )?;
+        let leeway = match &j.leeway {
+            Some(v) => {
+                let text = self.string(v, "jwt.leeway")?;
+                if text.trim() == "0" || text.trim() == "0s" {
+                    Duration::ZERO
+                } else {
+                    match parse_duration(&text) {
+                        Ok(d) => d,
+                        Err(m) => {
+                            self.p.push(pos(v), "jwt.leeway", m);
+                            return None;
+                        }
+                    }
+                }
+            }
+            None => Duration::from_secs(30),
+        };
+        Some(JwtSettings {
+            issuer,
+            audiences,
+            jwks,
+            jwks_ca,
+            jwks_refresh,
+            algorithms,
+            leeway,
+            bind_to_certificate: j.bind_to_certificate.as_ref().is_some_and(|b| b.value),
+            hmac_secret,
+        })
+    }
+
+    fn auth_failures(&mut self, raw: Option<&Sp<raw::RawRateLimits>>) -> Option<AuthFailureLimit> {
+        let default = AuthFailureLimit {
+            rate: 10,
+            per: Duration::from_secs(60),
+            burst: 10,
+        };
+        let Some(l) = raw.and_then(|r| r.value.auth_failures.as_ref()) else {
+            return Some(default);
+        };
+        let key = "rate_limits.auth_failures";
+        if let Some(k) = &l.value.key {
+            let k = self.string(k, &format!("{key}.key"))?;
+            if k != "ip" {
+                self.p.push(
+                    pos(l),
+                    format!("{key}.key"),
+                    "failed authentications are counted per client ip: key must be ip",
+                );
+            }
+        }
+        let (rate, per) = match &l.value.rate {
+            Some(v) => {
+                let text = self.string(v, &format!("{key}.rate"))?;
+                match parse_rate(&text) {
+                    Ok(r) => r,
+                    Err(m) => {
+                        self.p.push(pos(v), format!("{key}.rate"), m);
+                        return None;
+                    }
+                }
+            }
+            None => (default.rate, default.per),
+        };
+        let burst = match &l.value.burst {
+            Some(b) if b.value == 0 || b.value > 1_000_000 => {
+                self.p.push(
+                    pos(b),
+                    format!("{key}.burst"),
+                    format!("must be between 1 and 1000000, got {}", b.value),
+                );
+                return None;
+            }
+            Some(b) => b.value as u32,
+            None => rate.max(1),
+        };
+        Some(AuthFailureLimit { rate, per, burst })
+    }
+
+    fn tests(
+        &mut self,
+        list: &[Sp<raw::RawTest>],
+        principals: &[Principal],
+        routes: &[RouteSettings],
+    ) -> Vec<TestCase> {
+        let mut out = Vec::new();
+        for (i, sp) in list.iter().enumerate() {
+            let key = format!("tests[{i}]");
+            let t = &sp.value;
+            let name = match &t.name {
+                Some(n) => self.string(n, &format!("{key}.name")),
+                None => Some(format!("test {}", i + 1)),
+            };
+            let expect = match &t.expect {
+                Some(e) => self.keyword(
+                    Some(e),
+                    &format!("{key}.expect"),
+                    &[
+                        ("allow", Expectation::Allow),
+                        ("401", Expectation::Unauthenticated),
+                        ("403", Expectation::Forbidden),
+                        ("404", Expectation::NoRoute),
+                    ],
+                    Expectation::Allow,
+                ),
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.expect"),
+                        "missing: allow, 401, 403 or 404",
+                    );
+                    None
+                }
+            };
+            let route = match &t.route {
+                Some(r) => {
+                    let name = self.string(r, &format!("{key}.route"));
+                    if let Some(n) = &name
+                        && !routes.iter().any(|rt| &rt.name == n)
+                    {
+                        self.p.push(
+                            pos(r),
+                            format!("{key}.route"),
+                            format!(
+                                "unknown route {n:?} ({})",
+                                known(routes.iter().map(|r| r.name.as_str()))
+                            ),
+                        );
+                    }
+                    name
+                }
+                None => None,
+            };
+            let request = match &t.request {
+                Some(r) => self.test_request(r, &format!("{key}.request"), principals),
+                None => {
+                    self.p.push(
+                        pos(sp),
+                        format!("{key}.request"),
+                        "missing: e.g. { method: GET, path: /, cert: { cn: ops-alice } }",
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(expect), Some(request)) = (name, expect, request) {
+                out.push(TestCase {
+                    name,
+                    pos: pos(sp),
+                    request,
+                    expect,
+                    route,
+                });
+            }
+        }
+        out
+    }
+
+    fn test_request(
+        &mut self,
+        sp: &Sp<raw::RawTestRequest>,
+        key: &str,
+        principals: &[Principal],
+    ) -> Option<TestRequest> {
+        let r = &sp.value;
+        let method = match &r.method {
+            Some(m) => {
+                let text = self.string(m, &format!("{key}.method"))?;
+                match Method::from_bytes(text.as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.p.push(
+                            pos(m),
+                            format!("{key}.method"),
+                            format!("not an HTTP method: {text:?}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => Method::GET,
+        };
+        let Some(path) = &r.path else {
+            self.p
+                .push(pos(sp), format!("{key}.path"), "missing: the request path");
+            return None;
+        };
+        let path = self.string(path, &format!("{key}.path"))?;
+        let host = match &r.host {
+            Some(h) => Some(self.string(h, &format!("{key}.host"))?.to_ascii_lowercase()),
+            None => None,
+        };
+        let cert = r.cert.as_ref().map(|c| {
+            let v = |o: &Option<String>| o.iter().cloned().collect::<Vec<_>>();
+            let c = &c.value;
+            let mut pc = crate::identity::PeerCert {
+                cn: v(&c.cn),
+                o: v(&c.o),
+                ou: v(&c.ou),
+                san_dns: v(&c.san_dns),
+                san_uri: v(&c.san_uri),
+                san_email: v(&c.san_email),
+                ..Default::default()
+            };
+            let mut parts = Vec::new();
+            for (k, vals) in [("OU", &pc.ou), ("O", &pc.o), ("CN", &pc.cn)] {
+                for val in vals.iter() {
+                    parts.push(format!("{k}={val}"));
+                }
+            }
+            pc.subject = parts.join(",");
+            pc
+        });
+        let api_key_id = match &r.api_key_id {
+            Some(id) => {
+                let id_text = self.string(id, &format!("{key}.api_key_id"))?;
+                let ok = principals.iter().any(|p| {
+                    p.name == id_text && matches!(p.matcher, PrincipalMatcher::ApiKey { .. })
+                });
+                if !ok {
+                    self.p.push(
+                        pos(id),
+                        format!("{key}.api_key_id"),
+                        format!("no api_key principal is named {id_text:?}"),
+                    );
+                    return None;
+                }
+                Some(id_text)
+            }
+            None => None,
+        };
+        let basic_user = match &r.basic_user {
+            Some(u) => {
+                let user = self.string(u, &format!("{key}.basic_user"))?;
+                let ok = principals.iter().any(|p| matches!(&p.matcher, PrincipalMatcher::Basic { user: pu, .. } if *pu == user));
+                if !ok {
+                    self.p.push(
+                        pos(u),
+                        format!("{key}.basic_user"),
+                        format!("no basic principal has user {user:?}"),
+                    );
+                    return None;
+                }
+                Some(user)
+            }
+            None => None,
+        };
+        let jwt = r
+            .jwt
+            .as_ref()
+            .map(|c| c.value.clone().into_iter().collect());
+        let source_ip = match &r.source_ip {
+            Some(ip) => {
+                let text = self.string(ip, &format!("{key}.source_ip"))?;
+                match text.parse() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.p.push(
+                            pos(ip),
+                            format!("{key}.source_ip"),
+                            format!("not an IP address: {text:?}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+        };
+        let mut headers = http::HeaderMap::new();
+        if let Some(h) = &r.headers {
+            for (name, value) in &h.value {
+                match (
+                    HeaderName::try_from(name.to_ascii_lowercase()),
+                    http::HeaderValue::try_from(value.as_str()),
+                ) {
+                    (Ok(n), Ok(v)) => {
+                        headers.append(n, v);
+                    }
+                    _ => self.p.push(
+                        pos(h),
+                        format!("{key}.headers"),
+                        format!("invalid header {name:?}"),
+                    ),
+                }
+            }
+        }
+        Some(TestRequest {
+            method,
+            path,
+            host,
+            cert,
+            api_key_id,
+            jwt,
+            basic_user,
+            source_ip,
+            headers,
         })
     }
 
@@ -490,6 +966,8 @@ impl Resolver {
     fn principals(&mut self, raw: &[Sp<raw::RawPrincipal>]) -> Vec<Principal> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
+        let mut api_keys = HashSet::new();
+        let mut users = HashSet::new();
         for (i, sp) in raw.iter().enumerate() {
             let key = format!("principals[{i}]");
             let p = &sp.value;
@@ -516,14 +994,7 @@ impl Resolver {
                     None
                 }
             };
-            let cert = match &p.cert {
-                Some(c) => self.cert_matcher(c, &format!("{key}.cert")),
-                None => {
-                    self.p
-                        .push(pos(sp), &key, "expected a credential matcher: cert");
-                    None
-                }
-            };
+            let matcher = self.principal_matcher(sp, &key, &mut api_keys, &mut users);
             let roles = match &p.roles {
                 Some(r) => self
                     .strings(r, &format!("{key}.roles"))
@@ -532,15 +1003,173 @@ impl Resolver {
                     .collect(),
                 None => Vec::new(),
             };
-            if let (Some(name), Some(cert)) = (name, cert) {
+            if let (Some(name), Some(matcher)) = (name, matcher) {
                 out.push(Principal {
                     name,
-                    cert: Some(cert),
+                    matcher,
                     roles,
                 });
             }
         }
         out
+    }
+
+    /// Exactly one of cert, api_key, jwt, basic.
+    fn principal_matcher(
+        &mut self,
+        sp: &Sp<raw::RawPrincipal>,
+        key: &str,
+        api_keys: &mut HashSet<[u8; 32]>,
+        users: &mut HashSet<String>,
+    ) -> Option<PrincipalMatcher> {
+        let p = &sp.value;
+        let given = [
+            p.cert.is_some(),
+            p.api_key.is_some(),
+            p.jwt.is_some(),
+            p.basic.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            1 => {}
+            0 => {
+                self.p.push(
+                    pos(sp),
+                    key,
+                    "expected one credential matcher: cert, api_key, jwt or basic",
+                );
+                return None;
+            }
+            _ => {
+                self.p.push(
+                    pos(sp),
+                    key,
+                    "one principal takes one credential matcher (cert, api_key, jwt or basic); \
+                     to demand several credentials at once use allow.factors on the route",
+                );
+                return None;
+            }
+        }
+        if let Some(c) = &p.cert {
+            return self
+                .cert_matcher(c, &format!("{key}.cert"))
+                .map(|m| PrincipalMatcher::Cert(Box::new(m)));
+        }
+        if let Some(a) = &p.api_key {
+            let k = format!("{key}.api_key");
+            let Some(h) = &a.value.sha256 else {
+                self.p.push(
+                    pos(a),
+                    format!("{k}.sha256"),
+                    "missing: the hex SHA-256 of the key (`portcullis keys new` prints it)",
+                );
+                return None;
+            };
+            let text = self.string(h, &format!("{k}.sha256"))?;
+            let Some(sha256) = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            else {
+                self.p.push(
+                    pos(h),
+                    format!("{k}.sha256"),
+                    "expected 64 hex digits: the SHA-256 of the key, never the key itself",
+                );
+                return None;
+            };
+            if !api_keys.insert(sha256) {
+                self.p.push(
+                    pos(h),
+                    format!("{k}.sha256"),
+                    "the same key hash is given to another principal",
+                );
+            }
+            let expires = match &a.value.expires {
+                Some(e) => {
+                    let text = self.string(e, &format!("{k}.expires"))?;
+                    let format = time::macros::format_description!("[year]-[month]-[day]");
+                    match time::Date::parse(text.trim(), &format) {
+                        Ok(d) => Some(d),
+                        Err(_) => {
+                            self.p.push(
+                                pos(e),
+                                format!("{k}.expires"),
+                                format!("expected a date such as 2027-06-30, got {text:?}"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                None => None,
+            };
+            return Some(PrincipalMatcher::ApiKey { sha256, expires });
+        }
+        if let Some(j) = &p.jwt {
+            let k = format!("{key}.jwt");
+            let Some(claim) = &j.value.claim else {
+                self.p.push(
+                    pos(j),
+                    format!("{k}.claim"),
+                    "missing: the claim to test, e.g. groups or sub",
+                );
+                return None;
+            };
+            let claim = self.string(claim, &format!("{k}.claim"))?;
+            let test = match (&j.value.contains, &j.value.equals) {
+                (Some(c), None) => ClaimTest::Contains(self.string(c, &format!("{k}.contains"))?),
+                (None, Some(e)) => {
+                    ClaimTest::Equals(Glob::new(&self.string(e, &format!("{k}.equals"))?, false))
+                }
+                _ => {
+                    self.p.push(
+                        pos(j),
+                        &k,
+                        "expected exactly one of contains (array member) or equals (glob)",
+                    );
+                    return None;
+                }
+            };
+            return Some(PrincipalMatcher::Jwt { claim, test });
+        }
+        if let Some(b) = &p.basic {
+            let k = format!("{key}.basic");
+            let (Some(user), Some(hash)) = (&b.value.user, &b.value.argon2) else {
+                self.p.push(
+                    pos(b),
+                    &k,
+                    "expected user and argon2 (`portcullis passwd` prints the hash)",
+                );
+                return None;
+            };
+            let user_name = self.string(user, &format!("{k}.user"))?;
+            if user_name.is_empty() || user_name.contains(':') {
+                self.p.push(
+                    pos(user),
+                    format!("{k}.user"),
+                    "a Basic user name is non-empty and has no ':'",
+                );
+                return None;
+            }
+            if !users.insert(user_name.clone()) {
+                self.p.push(
+                    pos(user),
+                    format!("{k}.user"),
+                    format!("duplicate Basic user {user_name:?}"),
+                );
+            }
+            let phc = self.string(hash, &format!("{k}.argon2"))?;
+            match argon2::PasswordHash::new(&phc) {
+                Ok(h) if h.algorithm.as_str() == "argon2id" => {}
+                _ => {
+                    self.p.push(pos(hash), format!("{k}.argon2"), "expected an argon2id hash ($argon2id$v=19$...) as `portcullis passwd` prints");
+                    return None;
+                }
+            }
+            return Some(PrincipalMatcher::Basic {
+                user: user_name,
+                argon2: phc,
+            });
+        }
+        None
     }
 
     fn cert_matcher(&mut self, sp: &Sp<raw::RawCertMatch>, key: &str) -> Option<CertMatcher> {
@@ -842,36 +1471,145 @@ impl Resolver {
                 None
             }
             RawAllow::Rules(rules) => {
-                let Some(roles) = &rules.roles else {
-                    self.p.push(
-                        pos(sp),
-                        format!("{key}.roles"),
-                        "missing: expected a list of roles",
-                    );
-                    return None;
+                let roles = match &rules.roles {
+                    Some(list) => {
+                        let roles = self.strings(list, &format!("{key}.roles"));
+                        for (role, p) in &roles {
+                            if !known_roles.contains(role.as_str()) {
+                                let known = known(known_roles.iter().copied());
+                                self.p.push(
+                                    *p,
+                                    format!("{key}.roles"),
+                                    format!("no principal grants role {role:?} ({known})"),
+                                );
+                            }
+                        }
+                        if roles.is_empty() {
+                            self.p.push(
+                                pos(list),
+                                format!("{key}.roles"),
+                                "an empty role list allows nobody; list roles or leave the key out",
+                            );
+                            return None;
+                        }
+                        roles.into_iter().map(|(s, _)| s).collect()
+                    }
+                    None => Vec::new(),
                 };
-                let roles = self.strings(roles, &format!("{key}.roles"));
-                for (role, p) in &roles {
-                    if !known_roles.contains(role.as_str()) {
-                        let known = known(known_roles.iter().copied());
-                        self.p.push(
-                            *p,
-                            format!("{key}.roles"),
-                            format!("no principal grants role {role:?} ({known})"),
-                        );
+                let mut factors = Vec::new();
+                if let Some(list) = &rules.factors {
+                    for (name, p) in self.strings(list, &format!("{key}.factors")) {
+                        match Factor::from_name(&name) {
+                            Some(f) if !factors.contains(&f) => factors.push(f),
+                            Some(_) => {}
+                            None => self.p.push(
+                                p,
+                                format!("{key}.factors"),
+                                format!(
+                                    "expected certificate, api_key, jwt or basic, got {name:?}"
+                                ),
+                            ),
+                        }
                     }
                 }
-                if roles.is_empty() {
+                let when = match &rules.when {
+                    Some(w) => self.when(w, &format!("{key}.when"))?,
+                    None => Vec::new(),
+                };
+                if roles.is_empty() && factors.is_empty() && when.is_empty() {
                     self.p.push(
                         pos(sp),
-                        format!("{key}.roles"),
-                        "an empty role list allows nobody; list roles or use anyone/authenticated",
+                        key,
+                        "an empty rule: give roles, factors or when (or use anyone/authenticated)",
                     );
                     return None;
                 }
-                Some(Allow::Roles(roles.into_iter().map(|(s, _)| s).collect()))
+                Some(Allow::Rules(AllowRules {
+                    roles,
+                    factors,
+                    when,
+                }))
             }
         }
+    }
+
+    fn when(&mut self, sp: &Sp<raw::RawWhen>, key: &str) -> Option<Vec<Condition>> {
+        let w = &sp.value;
+        let mut out = Vec::new();
+        let mut ok = true;
+        if let Some(ips) = &w.source_ip {
+            let mut nets = Vec::new();
+            for text in &ips.value.0 {
+                let parsed = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                match parsed {
+                    Ok(n) => nets.push(n.trunc()),
+                    Err(_) => {
+                        self.p.push(
+                            pos(ips),
+                            format!("{key}.source_ip"),
+                            format!(
+                                "expected a CIDR such as 10.0.0.0/8 or an address, got {text:?}"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            out.push(Condition::SourceIp(nets));
+        }
+        if let Some(cert) = &w.cert {
+            let mut fields = Vec::new();
+            for (name, globs) in &cert.value {
+                let field = match name.as_str() {
+                    "cn" => CertField::Cn,
+                    "o" => CertField::O,
+                    "ou" => CertField::Ou,
+                    "san_dns" => CertField::SanDns,
+                    "san_uri" => CertField::SanUri,
+                    "san_email" => CertField::SanEmail,
+                    other => {
+                        self.p.push(
+                            pos(cert),
+                            format!("{key}.cert.{other}"),
+                            "expected one of cn, o, ou, san_dns, san_uri, san_email",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                };
+                let ci = matches!(field, CertField::SanDns | CertField::SanEmail);
+                fields.push((field, globs.0.iter().map(|g| Glob::new(g, ci)).collect()));
+            }
+            out.push(Condition::Cert(fields));
+        }
+        if let Some(claims) = &w.claims {
+            let list = claims
+                .value
+                .iter()
+                .map(|(k, g)| (k.clone(), g.0.iter().map(|g| Glob::new(g, false)).collect()))
+                .collect();
+            out.push(Condition::Claims(list));
+        }
+        if let Some(headers) = &w.headers {
+            let mut list = Vec::new();
+            for (name, globs) in &headers.value {
+                match HeaderName::try_from(name.to_ascii_lowercase()) {
+                    Ok(h) => list.push((h, globs.0.iter().map(|g| Glob::new(g, false)).collect())),
+                    Err(_) => {
+                        self.p.push(
+                            pos(headers),
+                            format!("{key}.headers"),
+                            format!("{name:?} is not a valid header name"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            out.push(Condition::Headers(list));
+        }
+        ok.then_some(out)
     }
 
     fn forward(&mut self, raw: Option<&Sp<raw::RawForward>>) -> Option<ForwardSettings> {
@@ -1058,7 +1796,7 @@ mod tests {
         assert_eq!(c.forward.identity.as_str(), "x-client-id");
         assert_eq!(c.forward.client_cert.as_str(), "x-forwarded-client-cert");
         assert!(c.forward.x_forwarded && !c.forward.credentials);
-        assert_eq!(c.routes[0].allow, Allow::Anyone);
+        assert!(matches!(c.routes[0].allow, Allow::Anyone));
         assert_eq!(c.routes[0].matcher.prefix.as_deref(), Some("/api"));
         assert!(c.routes[0].matcher.matches_path("/api"));
         assert!(c.routes[0].matcher.matches_path("/api/x"));

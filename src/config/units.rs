@@ -57,6 +57,27 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// Parses a rate such as `100/s`, `6000/min` or `10/h` into (count, period).
+///
+/// # Errors
+/// Returns a sentence saying what was expected.
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let expected = || format!("expected a rate such as 100/s, 6000/min or 10/h, got {text:?}");
+    let (n, unit) = text.trim().split_once('/').ok_or_else(expected)?;
+    let n: u32 = n.trim().parse().map_err(|_| expected())?;
+    if n == 0 {
+        return Err("a rate must be at least 1 per period".to_owned());
+    }
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86400),
+        _ => return Err(expected()),
+    };
+    Ok((n, per))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +91,16 @@ mod tests {
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("2 days").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100/s"), Ok((100, Duration::from_secs(1))));
+        assert_eq!(parse_rate("6000/min"), Ok((6000, Duration::from_secs(60))));
+        assert_eq!(parse_rate("10/h"), Ok((10, Duration::from_secs(3600))));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("10/fortnight").is_err());
     }
 
     #[test]

@@ -316,7 +316,12 @@ fn run_logs_json_access_lines_without_secrets_and_exits_0_on_sigterm() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "502", "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "401",
+        "a bearer token without jwt: configured is refused: {}",
+        stderr(&o)
+    );
 
     sigterm(child.id());
     let start = Instant::now();
@@ -337,9 +342,9 @@ fn run_logs_json_access_lines_without_secrets_and_exits_0_on_sigterm() {
         .find(|l| l.contains("portcullis::access"))
         .unwrap_or_else(|| panic!("no access log line in {rest:#?}"));
     let a: serde_json::Value = serde_json::from_str(access).unwrap();
-    assert_eq!(a["status"], 502);
+    assert_eq!(a["status"], 401);
+    assert_eq!(a["decision"], "bad_credential");
     assert_eq!(a["path"], "/report");
-    assert_eq!(a["route"], "r");
     assert_eq!(a["identity"], "CN=reader-bob");
     for line in lines.iter().chain(&rest) {
         assert!(!line.contains("sekrit"), "a secret reached the log: {line}");
@@ -408,4 +413,237 @@ fn demo_prints_curl_commands_that_do_what_they_say() {
         Some(1),
         "health fails once the gateway is gone"
     );
+}
+
+fn run_stdin(dir: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn keys_new_prints_the_key_alone_then_an_entry_with_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["keys", "new", "--id", "reporting-job"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let key = text.lines().next().unwrap();
+    assert!(key.starts_with("pk_") && key.len() > 40, "{key}");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    assert!(text.contains(&format!("sha256: \"{digest}\"")), "{text}");
+    assert!(text.contains("name: reporting-job"));
+    assert_eq!(text.matches(key).count(), 1, "the key is printed once");
+    let again = stdout(&run(dir.path(), &["keys", "new", "--id", "x"]));
+    assert_ne!(again.lines().next(), Some(key), "keys are random");
+}
+
+#[test]
+fn passwd_hashes_stdin_with_argon2id() {
+    use argon2::PasswordVerifier;
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_stdin(dir.path(), &["passwd"], "s3cret pass\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let hash = stdout(&o).trim().to_owned();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    let parsed = argon2::PasswordHash::new(&hash).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret pass", &parsed)
+            .is_ok()
+    );
+    assert!(
+        !stdout(&o).contains("s3cret"),
+        "the password is never echoed"
+    );
+    assert_eq!(
+        run_stdin(dir.path(), &["passwd"], "\n").status.code(),
+        Some(1),
+        "an empty password is refused"
+    );
+}
+
+const POLICY_WITH_TESTS: &str = r#"principals:
+  - { name: ops, cert: { cn: "ops-*", ou: Platform }, roles: [admin, reader] }
+  - { name: readers, cert: { cn: "reader-*" }, roles: [reader] }
+  - { name: reporting-job, api_key: { sha256: "SHA" }, roles: [reports] }
+routes:
+  - name: admin
+    match: { prefix: /admin/, methods: [GET, DELETE] }
+    upstream: legacy
+    allow: { roles: [admin], factors: [certificate], when: { source_ip: 10.0.0.0/8 } }
+  - { name: reports, match: { prefix: /reports/ }, upstream: legacy, allow: { roles: [reports] } }
+  - { name: reader, match: { prefix: / }, upstream: legacy, allow: { roles: [reader] } }
+tests:
+  - name: ops can delete users from the office network
+    request: { method: DELETE, path: /admin/users/7, cert: { cn: ops-alice, ou: Platform }, source_ip: 10.1.2.3 }
+    expect: allow
+    route: admin
+  - name: ops cannot from elsewhere
+    request: { method: DELETE, path: /admin/users/7, cert: { cn: ops-alice, ou: Platform } }
+    expect: "403"
+  - name: the batch job reads reports
+    request: { path: /reports/daily, api_key_id: reporting-job }
+    expect: allow
+  - name: nobody without credentials
+    request: { path: /anything }
+    expect: "401"
+"#;
+
+fn policy_dir(extra_test: &str) -> (tempfile::TempDir, String) {
+    let dir = pki_dir();
+    let o = run(dir.path(), &["keys", "new", "--id", "reporting-job"]);
+    let key = stdout(&o).lines().next().unwrap().to_owned();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    let yaml = format!(
+        "{BASE}{}{extra_test}",
+        POLICY_WITH_TESTS.replace("SHA", &digest)
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    (dir, key)
+}
+
+#[test]
+fn test_runs_the_cases_and_check_fails_on_a_failing_one() {
+    let (dir, _) = policy_dir("");
+    let o = run(dir.path(), &["test"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("policy tests: 4 passed, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(run(dir.path(), &["check"]).status.success());
+
+    let (dir, _) = policy_dir(
+        "  - name: readers may delete users\n    request: { method: DELETE, path: /admin/users/7, cert: { cn: reader-bob } }\n    expect: allow\n    route: admin\n",
+    );
+    for cmd in ["test", "check"] {
+        let o = run(dir.path(), &[cmd]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let out = stdout(&o);
+        assert!(
+            out.contains("FAIL  readers may delete users: expected allow, got 403"),
+            "{out}"
+        );
+        assert!(
+            out.contains("rule:       allow.roles: the caller has none of them"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn explain_prints_the_decision_and_exits_0_3_or_1() {
+    let (dir, key) = policy_dir("");
+    let alice = ["--cert", "certs/clients/ops-alice.crt"];
+    let o = run(
+        dir.path(),
+        &[
+            &[
+                "explain",
+                "--method",
+                "DELETE",
+                "--path",
+                "/admin/../admin/users/7",
+                "--source-ip",
+                "10.9.9.9",
+            ][..],
+            &alice,
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "request:    DELETE /admin/users/7",
+        "identity:   OU=Platform,CN=ops-alice",
+        "factors:    certificate",
+        "principals: ops",
+        "roles:      admin, reader",
+        "route:      admin (allow: { roles: [admin], factors: [certificate], when: 1 condition(s) })",
+        "decision:   allow",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    let o = run(
+        dir.path(),
+        &[
+            &["explain", "--method", "DELETE", "--path", "/admin/users/7"][..],
+            &alice,
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stdout(&o).contains("rule:       allow.when.source_ip"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = run(
+        dir.path(),
+        &["explain", "--path", "/reports/x", "--api-key", &key],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("identity:   reporting-job"));
+    let o = run(
+        dir.path(),
+        &["explain", "--path", "/reports/x", "--api-key", "pk_wrong"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stdout(&o).contains("credential: api_key refused: unknown API key"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("pk_wrong"), "the key is not echoed");
+    let o = run(
+        dir.path(),
+        &["explain", "--path", "/x", "--cert", "nope.pem"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn check_warns_about_unused_principals_shadowed_and_open_routes() {
+    let dir = pki_dir();
+    let yaml = format!(
+        r#"{BASE}principals:
+  - {{ name: readers, cert: {{ cn: "reader-*" }}, roles: [reader] }}
+  - {{ name: auditors, cert: {{ cn: "audit-*" }}, roles: [audit] }}
+routes:
+  - {{ name: all, match: {{ prefix: / }}, upstream: legacy, allow: {{ roles: [reader] }} }}
+  - {{ name: reports, match: {{ prefix: /reports/ }}, upstream: legacy, allow: {{ roles: [reader] }} }}
+  - {{ name: lan, match: {{ prefix: /lan/, host: lan.example }}, upstream: legacy, allow: {{ when: {{ source_ip: 10.0.0.0/8 }} }} }}
+"#
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    let o = run(dir.path(), &["check"]);
+    assert!(
+        o.status.success(),
+        "warnings do not fail check: {}",
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    for want in [
+        "warning: principal \"auditors\" grants no role that a route allows",
+        "warning: role \"audit\" is granted but no route allows it",
+        "warning: route \"reports\" is never used: route \"all\" before it matches all of its requests",
+        "warning: route \"lan\" is reachable without any credential",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
 }

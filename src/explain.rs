@@ -197,6 +197,24 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
         }
     );
     describe(&mut out, &caller, &decision);
+    if let Some(route) = decision.route {
+        let line = match &route.rate_limit {
+            Some(spec) => format!(
+                "{} per {:?}, burst {}, key {} = {:?} ({})",
+                spec.rate,
+                spec.per,
+                spec.burst,
+                spec.key.as_str(),
+                crate::ratelimit::key_for(spec.key, &caller, source_ip),
+                match &config.rate_limits.store {
+                    crate::config::LimitStore::Local => "this process",
+                    crate::config::LimitStore::Redis(_) => "shared through Redis",
+                }
+            ),
+            None => "none on this route".to_owned(),
+        };
+        let _ = writeln!(out, "rate limit: {line}");
+    }
     Ok(Explanation {
         text: out,
         allowed: decision.verdict.is_ok(),

@@ -30,14 +30,15 @@ use hyper::body::Incoming;
 
 use crate::auth::guard::AuthGuard;
 use crate::auth::{self, AuthFailure, Authenticator};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, OnStoreError};
 use crate::error::GatewayError;
 use crate::identity::PeerCert;
-use crate::metrics::{Metrics, RouteReason, UpstreamKind};
+use crate::metrics::{Metrics, RouteLabel, RouteReason, UpstreamKind};
 use crate::observability::{Activity, RequestLog};
 use crate::policy::{Caller, Policy, RequestFacts, Verified, normalize_path};
 use crate::proxy::headers;
 use crate::proxy::{LimitedBody, TrackedBody, Upstream};
+use crate::ratelimit::{RateLimits, key_for};
 use crate::tls::Expiries;
 
 /// Everything derived from one configuration: swapped whole on reload, never mutated.
@@ -54,6 +55,8 @@ pub struct State {
     pub expiries: Expiries,
     /// API key, JWT and Basic verification.
     pub auth: Arc<Authenticator>,
+    /// Rate-limit budgets.
+    pub ratelimits: RateLimits,
     /// Distinguishes snapshots, so per-connection caches know when to recompute.
     generation: u64,
 }
@@ -72,6 +75,7 @@ impl State {
         let policy = Policy::new(&config);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
         let auth = Arc::new(Authenticator::new(&config)?);
+        let ratelimits = RateLimits::new(&config);
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         Ok(State {
             config,
@@ -80,6 +84,7 @@ impl State {
             upstreams,
             expiries,
             auth,
+            ratelimits,
             generation,
         })
     }
@@ -113,7 +118,8 @@ impl Shared {
 
     /// Installs a new snapshot (reload): background key refresh starts for it, and the
     /// failure guard is replaced only when its limit changed.
-    pub fn install(&self, state: State) {
+    pub fn install(&self, mut state: State) {
+        state.ratelimits.carry_over(&self.state.load().ratelimits);
         let old = self.state.load().config.auth_failures;
         let new = state.config.auth_failures;
         if (old.rate, old.per, old.burst) != (new.rate, new.per, new.burst) {
@@ -333,8 +339,33 @@ impl GatewayService {
             return Err(GatewayError::Denied(crate::policy::Denial::NoRoute));
         };
 
-        // 6. Rate limiting plugs in here, after authentication, so denied callers neither
-        //    spend quota nor create limiter keys.
+        // 6. Rate limit, after authorization, so denied callers neither spend quota nor
+        //    create limiter keys.
+        let mut rate_info = None;
+        if let Some(spec) = &route.rate_limit {
+            let key = key_for(spec.key, caller, self.conn.remote.ip());
+            match state.ratelimits.check(&route.name, spec, &key).await {
+                Ok(o) if o.allowed => rate_info = Some(o),
+                Ok(o) => {
+                    log.decision = "rate_limited";
+                    self.shared
+                        .metrics
+                        .ratelimited
+                        .get_or_create(&RouteLabel {
+                            route: route.name.clone(),
+                        })
+                        .inc();
+                    return Err(GatewayError::RateLimited(o));
+                }
+                Err(_) => {
+                    self.shared.metrics.ratelimit_store_errors.inc();
+                    if state.ratelimits.on_store_error() == OnStoreError::Deny {
+                        log.decision = "rate_limit_store_unavailable";
+                        return Err(GatewayError::RateLimitStoreUnavailable);
+                    }
+                }
+            }
+        }
 
         // 7. Forward.
         let upstream = &state.upstreams[route.upstream];
@@ -387,8 +418,11 @@ impl GatewayService {
             Request::from_parts(parts, LimitedBody::new(body, config.limits.max_body_bytes));
 
         match upstream.send(upstream_req, client_upgrade).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 log.upstream_status = Some(resp.status().as_u16());
+                if let Some(o) = rate_info {
+                    o.write_headers(resp.headers_mut());
+                }
                 Ok(resp)
             }
             Err(fe) => {

@@ -7,6 +7,7 @@
 //! - [`gateway`]: the per-request stages in order, over one swappable [`gateway::State`];
 //! - [`auth`]: API keys, JWT and Basic credentials, and the brute-force guard;
 //! - [`policy`]: path normalization, routes, principals and the allow/deny decision;
+//! - [`ratelimit`]: per-route GCRA budgets, in process or shared through Redis;
 //! - [`proxy`]: header hygiene and forwarding to pooled upstreams;
 //! - [`error`]: the single error → status mapping;
 //! - [`observability`], [`metrics`], [`admin`]: logs, the access log, Prometheus, health.
@@ -29,6 +30,7 @@ pub mod observability;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod tls;

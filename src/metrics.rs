@@ -82,6 +82,8 @@ pub struct Metrics {
     pub authz_denied: Family<RouteReason, Counter>,
     /// `portcullis_ratelimited_total{route}`.
     pub ratelimited: Family<RouteLabel, Counter>,
+    /// `portcullis_ratelimit_store_errors_total`.
+    pub ratelimit_store_errors: Counter,
     /// `portcullis_upstream_errors_total{upstream,kind}`.
     pub upstream_errors: Family<UpstreamKind, Counter>,
     /// `portcullis_open_connections`.
@@ -112,6 +114,7 @@ impl Metrics {
         let authz_denied = Family::<RouteReason, Counter>::default();
         let ratelimited = Family::<RouteLabel, Counter>::default();
         let upstream_errors = Family::<UpstreamKind, Counter>::default();
+        let ratelimit_store_errors = Counter::default();
         let open_connections = Gauge::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let certificate_expiry = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
@@ -140,6 +143,11 @@ impl Metrics {
             "ratelimited",
             "Requests rejected by a rate limit, by route",
             ratelimited.clone(),
+        );
+        registry.register(
+            "ratelimit_store_errors",
+            "Rate-limit decisions the shared store could not make in time",
+            ratelimit_store_errors.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -174,6 +182,7 @@ impl Metrics {
             authz_denied,
             ratelimited,
             upstream_errors,
+            ratelimit_store_errors,
             open_connections,
             config_reloads,
             certificate_expiry,

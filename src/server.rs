@@ -121,13 +121,14 @@ impl Gateway {
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, shared.clone(), stop_rx.clone()));
         }
-        // Forget IPs whose failed-authentication budget has refilled.
+        // Forget IPs and callers whose budgets have refilled, so the tables stay small.
         let pruner = {
             let shared = shared.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
                     shared.auth_guard.load().prune(std::time::Instant::now());
+                    shared.state.load().ratelimits.prune();
                 }
             })
         };

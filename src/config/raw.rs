@@ -62,7 +62,13 @@ pub struct RawBasic {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimits {
+    pub store: Option<Sp<String>>,
+    pub on_store_error: Option<Sp<String>>,
+    pub default: Option<Sp<RawLimit>>,
     pub auth_failures: Option<Sp<RawLimit>>,
+    pub key_prefix: Option<Sp<String>>,
+    pub max_keys: Option<Sp<u64>>,
+    pub store_timeout: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +193,7 @@ pub struct RawRoute {
     pub allow: Option<Sp<RawAllow>>,
     pub strip_prefix: Option<Sp<String>>,
     pub websocket: Option<Sp<bool>>,
+    pub rate_limit: Option<Sp<RawLimit>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,9 +16,10 @@ use super::units::{parse_duration, parse_rate, parse_size};
 use super::{
     AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
     CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, Expectation,
-    FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, Limits, LogFormat, LoggingSettings,
-    Pos, Principal, PrincipalMatcher, Problems, RouteMatch, RouteSettings, Secret, TestCase,
-    TestRequest, TlsSettings, TlsVersion, UpstreamSettings,
+    FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec, LimitStore,
+    Limits, LogFormat, LoggingSettings, OnStoreError, Pos, Principal, PrincipalMatcher, Problems,
+    RateLimitSettings, RouteMatch, RouteSettings, Secret, TestCase, TestRequest, TlsSettings,
+    TlsVersion, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -161,11 +162,17 @@ impl Resolver {
             .map(|m| m.value.keys().map(String::as_str).collect())
             .unwrap_or_default();
         let principals = self.principals(raw.principals.as_deref().unwrap_or_default());
+        let default_limit = raw
+            .rate_limits
+            .as_ref()
+            .and_then(|r| r.value.default.as_ref())
+            .and_then(|d| self.limit_spec(d, "rate_limits.default"));
         let routes = self.routes(
             raw.routes.as_ref(),
             &upstreams,
             &upstream_names,
             &principals,
+            default_limit,
         );
         let forward = self.forward(raw.forward.as_ref());
         let limits = self.limits(raw.limits.as_ref());
@@ -189,6 +196,7 @@ impl Resolver {
             },
         };
         let auth_failures = self.auth_failures(raw.rate_limits.as_ref())?;
+        let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref())?;
         let tests = match &raw.tests {
             Some(list) => self.tests(list, &principals, &routes),
             None => Vec::new(),
@@ -205,6 +213,7 @@ impl Resolver {
             jwt,
             basic,
             auth_failures,
+            rate_limits,
             forward: forward?,
             limits: limits?,
             logging: logging?,
@@ -387,6 +396,126 @@ impl Resolver {
             leeway,
             bind_to_certificate: j.bind_to_certificate.as_ref().is_some_and(|b| b.value),
             hmac_secret,
+        })
+    }
+
+    fn limit_spec(&mut self, sp: &Sp<raw::RawLimit>, key: &str) -> Option<LimitSpec> {
+        let l = &sp.value;
+        let kind = self.keyword(
+            l.key.as_ref(),
+            &format!("{key}.key"),
+            &[
+                ("identity", LimitKey::Identity),
+                ("principal", LimitKey::Principal),
+                ("ip", LimitKey::Ip),
+                ("route", LimitKey::Route),
+            ],
+            LimitKey::Identity,
+        );
+        let (rate, per) = match &l.rate {
+            Some(v) => {
+                let text = self.string(v, &format!("{key}.rate"))?;
+                match parse_rate(&text) {
+                    Ok(r) => r,
+                    Err(m) => {
+                        self.p.push(pos(v), format!("{key}.rate"), m);
+                        return None;
+                    }
+                }
+            }
+            None => {
+                self.p.push(
+                    pos(sp),
+                    format!("{key}.rate"),
+                    "missing: e.g. 10/s or 600/min",
+                );
+                return None;
+            }
+        };
+        let burst = match &l.burst {
+            Some(b) if b.value == 0 || b.value > 10_000_000 => {
+                self.p.push(
+                    pos(b),
+                    format!("{key}.burst"),
+                    format!("must be between 1 and 10000000, got {}", b.value),
+                );
+                return None;
+            }
+            Some(b) => b.value as u32,
+            None => rate,
+        };
+        Some(LimitSpec {
+            key: kind?,
+            rate,
+            per,
+            burst,
+        })
+    }
+
+    fn rate_limit_settings(
+        &mut self,
+        raw: Option<&Sp<raw::RawRateLimits>>,
+    ) -> Option<RateLimitSettings> {
+        let r = raw.map(|r| &r.value);
+        let store = match r.and_then(|r| r.store.as_ref()) {
+            Some(v) => {
+                let text = self.string(v, "rate_limits.store")?;
+                if text == "local" {
+                    LimitStore::Local
+                } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+                    if redis::Client::open(text.as_str()).is_err() {
+                        self.p.push(
+                            pos(v),
+                            "rate_limits.store",
+                            "not a valid redis:// URL (redis://host:6379/0)",
+                        );
+                        return None;
+                    }
+                    LimitStore::Redis(text)
+                } else {
+                    self.p.push(
+                        pos(v),
+                        "rate_limits.store",
+                        format!("expected local or redis://host:port/db, got {text:?}"),
+                    );
+                    return None;
+                }
+            }
+            None => LimitStore::Local,
+        };
+        let on_store_error = self.keyword(
+            r.and_then(|r| r.on_store_error.as_ref()),
+            "rate_limits.on_store_error",
+            &[("allow", OnStoreError::Allow), ("deny", OnStoreError::Deny)],
+            OnStoreError::Allow,
+        )?;
+        let key_prefix = match r.and_then(|r| r.key_prefix.as_ref()) {
+            Some(v) => self.string(v, "rate_limits.key_prefix")?,
+            None => "portcullis:rl:".to_owned(),
+        };
+        let max_keys = match r.and_then(|r| r.max_keys.as_ref()) {
+            Some(v) if v.value == 0 || v.value > 100_000_000 => {
+                self.p.push(
+                    pos(v),
+                    "rate_limits.max_keys",
+                    "must be between 1 and 100000000",
+                );
+                return None;
+            }
+            Some(v) => v.value as usize,
+            None => 100_000,
+        };
+        let store_timeout = self.duration(
+            r.and_then(|r| r.store_timeout.as_ref()),
+            "rate_limits.store_timeout",
+            Duration::from_millis(100),
+        )?;
+        Some(RateLimitSettings {
+            store,
+            on_store_error,
+            key_prefix,
+            max_keys,
+            store_timeout,
         })
     }
 
@@ -1245,6 +1374,7 @@ impl Resolver {
         upstreams: &[UpstreamSettings],
         upstream_names: &[&str],
         principals: &[Principal],
+        default_limit: Option<LimitSpec>,
     ) -> Vec<RouteSettings> {
         let Some(list) = raw else {
             self.p.push(
@@ -1340,6 +1470,13 @@ impl Resolver {
                 None => None,
             };
             let websocket = r.websocket.as_ref().is_some_and(|w| w.value);
+            let rate_limit = match &r.rate_limit {
+                Some(l) => match self.limit_spec(l, &format!("{key}.rate_limit")) {
+                    Some(spec) => Some(spec),
+                    None => continue,
+                },
+                None => default_limit,
+            };
             if let (Some(name), Some(matcher), Some(upstream), Some(allow)) =
                 (name, matcher, upstream, allow)
             {
@@ -1350,6 +1487,7 @@ impl Resolver {
                     allow,
                     strip_prefix,
                     websocket,
+                    rate_limit,
                 });
             }
         }

@@ -575,6 +575,7 @@ fn explain_prints_the_decision_and_exits_0_3_or_1() {
         "roles:      admin, reader",
         "route:      admin (allow: { roles: [admin], factors: [certificate], when: 1 condition(s) })",
         "decision:   allow",
+        "rate limit: none on this route",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
@@ -646,4 +647,35 @@ routes:
     ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
+}
+
+#[test]
+fn check_accepts_a_redis_store_without_reaching_it_and_rejects_bad_limits() {
+    let dir = pki_dir();
+    let good = format!(
+        "{BASE}routes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: legacy, allow: anyone, rate_limit: {{ key: ip, rate: 10/s, burst: 20 }} }}\nrate_limits:\n  store: redis://127.0.0.1:9/0\n  on_store_error: deny\n  default: {{ key: identity, rate: 100/s, burst: 200 }}\n"
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), good).unwrap();
+    let o = run(dir.path(), &["check"]);
+    assert!(
+        o.status.success(),
+        "check builds the state without connecting: {}",
+        stderr(&o)
+    );
+
+    let bad = format!(
+        "{BASE}routes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: legacy, allow: anyone, rate_limit: {{ key: tenant, rate: 10/fortnight }} }}\nrate_limits:\n  store: memcached://x\n"
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), bad).unwrap();
+    let err = stderr(&run(dir.path(), &["check"]));
+    assert!(err.contains("gateway.yaml has 3 problems"), "{err}");
+    assert!(err.contains("routes[0].rate_limit.key: expected one of identity, principal, ip, route, got \"tenant\""), "{err}");
+    assert!(
+        err.contains("routes[0].rate_limit.rate: expected a rate such as 100/s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rate_limits.store: expected local or redis://host:port/db"),
+        "{err}"
+    );
 }

@@ -10,6 +10,7 @@ mod limits;
 mod mtls;
 mod policy;
 mod proxy;
+mod ratelimit;
 
 /// The policy most tests use: ops (admin + reader), readers, an open health route.
 pub const POLICY: &str = r#"

@@ -4,6 +4,7 @@ pub mod client;
 pub mod gateway;
 pub mod jwt;
 pub mod pki;
+pub mod redis;
 pub mod upstream;
 
 pub use client::Client;

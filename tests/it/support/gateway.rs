@@ -12,6 +12,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub ca_pem: String,
+    pub shared: std::sync::Arc<portcullis::gateway::Shared>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -46,6 +47,7 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         let addr = gw.local_addr();
         let admin = gw.admin_addr();
+        let shared = gw.shared();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
@@ -54,6 +56,7 @@ impl TestGateway {
             addr,
             admin,
             ca_pem: pki.ca_pem.clone(),
+            shared,
             stop: Some(tx),
             task: Some(task),
         }

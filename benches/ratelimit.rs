@@ -1,0 +1,141 @@
+//! The cost and accuracy of a rate-limit decision, in process and through Redis.
+//!
+//!     cargo bench --bench ratelimit
+//!
+//! Cost: criterion, one decision per iteration (the Redis part needs `redis-server` on PATH;
+//! without it that part says so and is left out). Accuracy: N seconds of steady overload
+//! against a 100/s limit with a burst of 50; the allowed count is compared with the budget,
+//! burst + rate x seconds.
+
+use std::hint::black_box;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use portcullis::config::{LimitKey, LimitSpec};
+use portcullis::ratelimit::{LocalLimiter, RedisStore};
+
+const ACCURACY_SECONDS: u64 = 5;
+
+fn spec(rate: u32, burst: u32) -> LimitSpec {
+    LimitSpec {
+        key: LimitKey::Identity,
+        rate,
+        per: Duration::from_secs(1),
+        burst,
+    }
+}
+
+struct Redis(std::process::Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let r = Redis(child, port);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // --- cost ---
+    let never = spec(1_000_000, 1_000_000);
+    let local = LocalLimiter::new(never, 100_000);
+    c.bench_function("ratelimit/local_decision", |b| {
+        b.iter(|| local.check(black_box("id:CN=reader-bob")))
+    });
+    let many = LocalLimiter::new(never, 100_000);
+    let keys: Vec<String> = (0..10_000).map(|i| format!("id:caller-{i}")).collect();
+    let mut i = 0;
+    c.bench_function("ratelimit/local_decision_10k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            many.check(black_box(&keys[i]))
+        })
+    });
+
+    let redis = start_redis();
+    match &redis {
+        Some(r) => {
+            let url = format!("redis://127.0.0.1:{}/0", r.1);
+            let store = RedisStore::new(&url, "bench:", Duration::from_millis(500)).unwrap();
+            c.bench_function("ratelimit/redis_decision", |b| {
+                b.iter(|| rt.block_on(store.check("api", &never, black_box("id:CN=reader-bob"))))
+            });
+        }
+        None => println!("ratelimit/redis_decision: left out (no redis-server on PATH)"),
+    }
+    c.final_summary();
+
+    // --- accuracy under steady overload ---
+    let limit = spec(100, 50);
+    let budget = f64::from(limit.burst) + f64::from(limit.rate) * ACCURACY_SECONDS as f64;
+    let l = LocalLimiter::new(limit, 1000);
+    let (mut offered, mut allowed) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(ACCURACY_SECONDS) {
+        offered += 1;
+        if l.check("id:overload").allowed {
+            allowed += 1;
+        }
+    }
+    println!(
+        "accuracy/local: {ACCURACY_SECONDS}s at {offered} offered requests, allowed {allowed} of a {budget} budget ({:.2}%)",
+        allowed as f64 * 100.0 / budget
+    );
+    if let Some(r) = &redis {
+        let url = format!("redis://127.0.0.1:{}/0", r.1);
+        let store = RedisStore::new(&url, "accuracy:", Duration::from_millis(500)).unwrap();
+        let (mut offered, mut allowed, mut errors) = (0u64, 0u64, 0u64);
+        let start = Instant::now();
+        rt.block_on(async {
+            while start.elapsed() < Duration::from_secs(ACCURACY_SECONDS) {
+                offered += 1;
+                match store.check("api", &limit, "id:overload").await {
+                    Ok(o) if o.allowed => allowed += 1,
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+            }
+        });
+        println!(
+            "accuracy/redis: {ACCURACY_SECONDS}s at {offered} offered requests, allowed {allowed} of a {budget} budget ({:.2}%), {errors} store errors",
+            allowed as f64 * 100.0 / budget
+        );
+    }
+}

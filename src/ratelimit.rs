@@ -1,0 +1,229 @@
+//! Rate limits: a GCRA per route and key, decided in process (governor) or atomically in
+//! Redis so that several replicas share one budget.
+//!
+//! This module owns the budgets and the decision; `gateway` calls [`RateLimits::check`] after
+//! authorization (so denied callers neither spend quota nor create keys) and turns the
+//! [`Outcome`] into 429 and `RateLimit-*` headers. What a key is ([`key_for`]) is decided here
+//! too, so `explain` prints exactly the key the gateway uses.
+//!
+//! Reload: a route whose limit did not change keeps its in-process limiter (and so its
+//! callers' remaining budgets); a changed or new limit starts full. Redis state is keyed by
+//! route and caller, so it carries over by itself.
+
+mod local;
+mod redis_store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+
+pub use local::LocalLimiter;
+pub use redis_store::RedisStore;
+
+use crate::config::{Config, LimitKey, LimitSpec, LimitStore, OnStoreError};
+use crate::policy::Caller;
+
+/// One rate-limit decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether the request may pass.
+    pub allowed: bool,
+    /// The burst size (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Requests still allowed right now (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Until the budget is full again (allowed), or until the next request may pass (denied).
+    pub reset: Duration,
+}
+
+impl Outcome {
+    /// Writes `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds, rounded
+    /// up), and `Retry-After` when denied.
+    pub fn write_headers(&self, h: &mut HeaderMap) {
+        let reset = ceil_secs(self.reset);
+        h.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        h.insert("ratelimit-reset", HeaderValue::from(reset));
+        if !self.allowed {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(reset.max(1)));
+        }
+    }
+}
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The store could not decide in time; `on_store_error` says what happens.
+#[derive(Debug)]
+pub struct StoreUnavailable;
+
+/// The rate-limit key of a request: what its budget is kept per.
+pub fn key_for(kind: LimitKey, caller: &Caller, ip: IpAddr) -> String {
+    match kind {
+        LimitKey::Identity => match &caller.identity {
+            Some(id) => format!("id:{id}"),
+            None => format!("ip:{ip}"),
+        },
+        LimitKey::Principal if !caller.principals.is_empty() => {
+            format!("p:{}", caller.principals.join(","))
+        }
+        LimitKey::Principal => key_for(LimitKey::Identity, caller, ip),
+        LimitKey::Ip => format!("ip:{ip}"),
+        LimitKey::Route => "route".to_owned(),
+    }
+}
+
+/// The budgets of one configuration snapshot.
+pub struct RateLimits {
+    local: HashMap<String, Arc<LocalLimiter>>,
+    redis: Option<Arc<RedisStore>>,
+    on_store_error: OnStoreError,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("routes", &self.local.len())
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
+}
+
+impl RateLimits {
+    /// Builds the limiters of a configuration. With a Redis store, no connection is made until
+    /// the first decision.
+    pub fn new(config: &Config) -> RateLimits {
+        let rl = &config.rate_limits;
+        let redis = match &rl.store {
+            LimitStore::Local => None,
+            LimitStore::Redis(url) => RedisStore::new(url, &rl.key_prefix, rl.store_timeout)
+                .ok()
+                .map(Arc::new),
+        };
+        let mut local = HashMap::new();
+        if redis.is_none() {
+            for r in &config.routes {
+                if let Some(spec) = r.rate_limit {
+                    local.insert(
+                        r.name.clone(),
+                        Arc::new(LocalLimiter::new(spec, rl.max_keys)),
+                    );
+                }
+            }
+        }
+        RateLimits {
+            local,
+            redis,
+            on_store_error: rl.on_store_error,
+        }
+    }
+
+    /// Keeps the limiters of routes whose limit did not change (reload).
+    pub fn carry_over(&mut self, old: &RateLimits) {
+        for (route, limiter) in self.local.iter_mut() {
+            if let Some(prev) = old.local.get(route)
+                && prev.spec() == limiter.spec()
+                && prev.max_keys() == limiter.max_keys()
+            {
+                *limiter = prev.clone();
+            }
+        }
+        if let (Some(new), Some(prev)) = (&self.redis, &old.redis)
+            && new.same_target(prev)
+        {
+            self.redis = Some(prev.clone());
+        }
+    }
+
+    /// What to do when the store cannot answer.
+    pub fn on_store_error(&self) -> OnStoreError {
+        self.on_store_error
+    }
+
+    /// Whether decisions go to Redis.
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
+        self.redis.as_ref()
+    }
+
+    /// Decides one request on `route` under `spec`.
+    ///
+    /// # Errors
+    /// [`StoreUnavailable`] when Redis did not answer within `store_timeout`.
+    pub async fn check(
+        &self,
+        route: &str,
+        spec: &LimitSpec,
+        key: &str,
+    ) -> Result<Outcome, StoreUnavailable> {
+        if let Some(redis) = &self.redis {
+            return redis.check(route, spec, key).await;
+        }
+        match self.local.get(route) {
+            Some(l) => Ok(l.check(key)),
+            // Every route with a limit has a limiter; an absent one means no limit.
+            None => Ok(Outcome {
+                allowed: true,
+                limit: spec.burst,
+                remaining: spec.burst,
+                reset: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Forgets keys whose budget is full again; run on a timer.
+    pub fn prune(&self) {
+        for l in self.local.values() {
+            l.prune();
+        }
+    }
+
+    /// Keys held in process, per route (for tests and metrics).
+    pub fn local_keys(&self, route: &str) -> usize {
+        self.local.get(route).map_or(0, |l| l.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Factor;
+
+    #[test]
+    fn keys() {
+        let ip: IpAddr = [192, 0, 2, 7].into();
+        let anon = Caller::default();
+        let known = Caller {
+            identity: Some("CN=bob".into()),
+            principals: vec!["readers".into(), "staff".into()],
+            roles: vec![],
+            factors: vec![Factor::Certificate],
+        };
+        assert_eq!(key_for(LimitKey::Identity, &known, ip), "id:CN=bob");
+        assert_eq!(key_for(LimitKey::Identity, &anon, ip), "ip:192.0.2.7");
+        assert_eq!(key_for(LimitKey::Principal, &known, ip), "p:readers,staff");
+        assert_eq!(key_for(LimitKey::Principal, &anon, ip), "ip:192.0.2.7");
+        assert_eq!(key_for(LimitKey::Ip, &known, ip), "ip:192.0.2.7");
+        assert_eq!(key_for(LimitKey::Route, &known, ip), "route");
+    }
+
+    #[test]
+    fn headers_round_up() {
+        let mut h = HeaderMap::new();
+        Outcome {
+            allowed: false,
+            limit: 20,
+            remaining: 0,
+            reset: Duration::from_millis(1200),
+        }
+        .write_headers(&mut h);
+        assert_eq!(h["ratelimit-limit"], "20");
+        assert_eq!(h["ratelimit-remaining"], "0");
+        assert_eq!(h["ratelimit-reset"], "2");
+        assert_eq!(h["retry-after"], "2");
+    }
+}

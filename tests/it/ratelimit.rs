@@ -1,0 +1,266 @@
+//! Rate limits in one process and across replicas through a real redis-server.
+
+use std::time::{Duration, Instant};
+
+use crate::support::gateway::yaml;
+use crate::support::redis::RedisServer;
+use crate::support::{FakeUpstream, TestGateway, TestPki};
+
+const PRINCIPALS: &str = r#"
+principals:
+  - { name: ops, cert: { cn: "ops-*" }, roles: [admin, reader] }
+  - { name: readers, cert: { cn: "reader-*" }, roles: [reader] }
+"#;
+
+fn routes(limit: &str) -> String {
+    format!(
+        "{PRINCIPALS}routes:\n  - {{ name: admin, match: {{ prefix: /admin/ }}, upstream: app, allow: {{ roles: [admin] }}, rate_limit: {limit} }}\n  - {{ name: api, match: {{ prefix: / }}, upstream: app, allow: {{ roles: [reader] }}, rate_limit: {limit} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn local_limits_answer_429_with_headers_and_are_per_identity() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let alice = pki.client("ops-alice");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(
+        &pki,
+        &yaml(
+            &pki,
+            up.addr,
+            &routes("{ key: identity, rate: 1/min, burst: 3 }"),
+        ),
+    )
+    .await;
+    let c = gw.client(Some(&bob));
+    for remaining in ["2", "1", "0"] {
+        let r = c.get("/x").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["ratelimit-limit"], "3");
+        assert_eq!(r.headers["ratelimit-remaining"], remaining);
+        let reset: u64 = r.headers["ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (1..=180).contains(&reset),
+            "three requests refill in 3 minutes: {reset}"
+        );
+    }
+    let n = up.requests().len();
+    let limited = c.get("/x").await.unwrap();
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["error"], "rate limited");
+    assert_eq!(limited.headers["ratelimit-remaining"], "0");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=60).contains(&retry),
+        "one request refills in a minute: {retry}"
+    );
+    assert_eq!(
+        up.requests().len(),
+        n,
+        "a limited request never reaches the upstream"
+    );
+    assert_eq!(
+        gw.client(Some(&alice)).get("/x").await.unwrap().status,
+        200,
+        "budgets are per identity"
+    );
+}
+
+#[tokio::test]
+async fn denied_callers_neither_spend_quota_nor_create_keys() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let alice = pki.client("ops-alice");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(
+        &pki,
+        &yaml(
+            &pki,
+            up.addr,
+            &routes("{ key: route, rate: 1/min, burst: 2 }"),
+        ),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            gw.client(Some(&bob)).get("/admin/x").await.unwrap().status,
+            403
+        );
+    }
+    assert_eq!(
+        gw.shared.state.load().ratelimits.local_keys("admin"),
+        0,
+        "403s created no key"
+    );
+    let ops = gw.client(Some(&alice));
+    assert_eq!(ops.get("/admin/x").await.unwrap().status, 200);
+    assert_eq!(ops.get("/admin/x").await.unwrap().status, 200);
+    assert_eq!(
+        ops.get("/admin/x").await.unwrap().status,
+        429,
+        "key: route is one budget for everyone"
+    );
+}
+
+#[tokio::test]
+async fn limiter_state_survives_a_reload_for_unchanged_routes() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let limited = routes("{ key: identity, rate: 1/min, burst: 2 }");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &limited)).await;
+    let c = gw.client(Some(&bob));
+    assert_eq!(c.get("/x").await.unwrap().status, 200);
+    assert_eq!(c.get("/x").await.unwrap().status, 200);
+    assert_eq!(c.get("/x").await.unwrap().status, 429);
+
+    // Reload with a change elsewhere (the admin route): the api route keeps its state.
+    let path = pki.file("gateway.yaml");
+    let other = limited.replacen("rate: 1/min, burst: 2", "rate: 5/min, burst: 9", 1);
+    std::fs::write(&path, yaml(&pki, up.addr, &other)).unwrap();
+    portcullis::reload::reload(&gw.shared, &path).unwrap();
+    assert_eq!(
+        c.get("/x").await.unwrap().status,
+        429,
+        "unchanged limit: the spent budget carries over"
+    );
+
+    // A changed limit starts full.
+    let changed = limited.replace("rate: 1/min, burst: 2", "rate: 1/min, burst: 4");
+    std::fs::write(&path, yaml(&pki, up.addr, &changed)).unwrap();
+    portcullis::reload::reload(&gw.shared, &path).unwrap();
+    let r = c.get("/x").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["ratelimit-limit"], "4");
+}
+
+/// Sends `n` requests alternating between gateways as fast as one client can; returns how many
+/// were allowed and how long it took.
+async fn blast(
+    gws: &[&TestGateway],
+    cert: &crate::support::pki::ClientCert,
+    n: usize,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut allowed = 0;
+    for i in 0..n {
+        let r = gws[i % gws.len()]
+            .client(Some(cert))
+            .get("/x")
+            .await
+            .unwrap();
+        match r.status.as_u16() {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (allowed, start.elapsed())
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_enforce_one_limit_not_two() {
+    let redis = RedisServer::start();
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let limit = "{ key: identity, rate: 2/s, burst: 5 }";
+    let shared_cfg = format!("{}rate_limits:\n  store: {}\n", routes(limit), redis.url());
+    let a = TestGateway::start(&pki, &yaml(&pki, up.addr, &shared_cfg)).await;
+    let b = TestGateway::start(&pki, &yaml(&pki, up.addr, &shared_cfg)).await;
+
+    let (allowed, elapsed) = blast(&[&a, &b], &bob, 40).await;
+    // One budget: the burst plus what refills while the blast runs (2 per second).
+    let ceiling = 5 + (elapsed.as_secs_f64() * 2.0).ceil() as usize + 1;
+    assert!(
+        allowed >= 5 && allowed <= ceiling,
+        "allowed {allowed} of 40 in {elapsed:?}; one shared limit allows at most {ceiling}"
+    );
+
+    // The same two replicas with local stores each allow a full budget: twice as much.
+    let local_a = TestGateway::start(&pki, &yaml(&pki, up.addr, &routes(limit))).await;
+    let local_b = TestGateway::start(&pki, &yaml(&pki, up.addr, &routes(limit))).await;
+    let (local_allowed, _) = blast(&[&local_a, &local_b], &bob, 40).await;
+    assert!(
+        local_allowed >= 10,
+        "per-replica limits multiply: {local_allowed}"
+    );
+}
+
+#[tokio::test]
+async fn redis_outages_follow_on_store_error_and_recover() {
+    let mut redis = RedisServer::start();
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let limit = "{ key: identity, rate: 1/min, burst: 2 }";
+    let cfg = |mode: &str| {
+        format!(
+            "{}rate_limits:\n  store: {}\n  on_store_error: {mode}\n  store_timeout: 200ms\n",
+            routes(limit),
+            redis.url()
+        )
+    };
+    let allow = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg("allow"))).await;
+    let deny = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg("deny"))).await;
+
+    let r = allow.client(Some(&bob)).get("/x").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["ratelimit-remaining"], "1", "decided in Redis");
+
+    redis.stop();
+    for _ in 0..3 {
+        let r = allow.client(Some(&bob)).get("/x").await.unwrap();
+        assert_eq!(r.status, 200, "on_store_error: allow lets requests through");
+        assert!(!r.headers.contains_key("ratelimit-remaining"));
+        let d = deny.client(Some(&bob)).get("/x").await.unwrap();
+        assert_eq!(d.status, 503, "on_store_error: deny");
+        assert_eq!(d.json()["error"], "rate limit store unavailable");
+    }
+    assert!(
+        allow
+            .shared
+            .metrics
+            .encode()
+            .contains("portcullis_ratelimit_store_errors_total 3")
+    );
+
+    redis.restart();
+    // The connection manager reconnects by itself; the fresh Redis starts with full budgets.
+    let mut statuses = Vec::new();
+    for _ in 0..50 {
+        let s = deny
+            .client(Some(&bob))
+            .get("/x")
+            .await
+            .unwrap()
+            .status
+            .as_u16();
+        statuses.push(s);
+        if s == 429 {
+            break;
+        }
+        if s == 503 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "limits hold again after recovery: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "the burst, then 429: {statuses:?}"
+    );
+}

@@ -368,7 +368,11 @@ impl GatewayService {
         }
 
         // 7. Forward.
-        let upstream = &state.upstreams[route.upstream];
+        // Routes hold indices into the same snapshot's upstreams, checked when it was built.
+        let upstream = state
+            .upstreams
+            .get(route.upstream)
+            .ok_or(GatewayError::UpstreamUnavailable)?;
         let forwarded_path = match &route.strip_prefix {
             Some(prefix) => strip_prefix(&path, prefix),
             None => path.as_str(),

@@ -27,32 +27,41 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 
 pub(super) fn resolve(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let mut p = Problems::new(&file);
     let raw = match parse(text) {
         Ok(raw) => raw,
         Err((pos, key, message)) => {
-            p.push(pos, key, message);
-            return Err(p.into_result(()).expect_err("one problem was pushed"));
+            let error = super::ConfigError {
+                file: file.clone(),
+                pos,
+                key,
+                message,
+            };
+            return Err(ConfigErrors {
+                file,
+                errors: vec![error],
+            });
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut r = Resolver { p, base };
+    let mut r = Resolver {
+        p: Problems::new(&file),
+        base,
+    };
     let config = r.config(raw, path);
-    r.p.into_result(config)
-        .and_then(|c| c.ok_or_else(|| unreachable_empty(&file)))
-}
-
-// `Resolver::config` returns `None` only after pushing a problem, so this is never reached; it
-// still answers with a sentence instead of panicking.
-fn unreachable_empty(file: &str) -> ConfigErrors {
-    ConfigErrors {
-        file: file.to_owned(),
-        errors: vec![super::ConfigError {
-            file: file.to_owned(),
-            pos: Pos::default(),
-            key: String::new(),
-            message: "the configuration is incomplete".to_owned(),
-        }],
+    match (r.p.into_result(()), config) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(c)) => Ok(c),
+        // `config` gives up only after recording a problem; should that ever not hold, the
+        // operator still gets a sentence rather than a crash.
+        (Ok(()), None) => Err(ConfigErrors {
+            file: file.clone(),
+            errors: vec![super::ConfigError {
+                file,
+                pos: Pos::default(),
+                key: String::new(),
+                message: "the configuration is incomplete".to_owned(),
+            }],
+        }),
     }
 }
 
@@ -462,7 +471,7 @@ impl Resolver {
                 let text = self.string(v, "rate_limits.store")?;
                 if text == "local" {
                     LimitStore::Local
-                } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+                } else if text.starts_with("redis://") {
                     if redis::Client::open(text.as_str()).is_err() {
                         self.p.push(
                             pos(v),

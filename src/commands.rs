@@ -91,7 +91,8 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         config.principals.len(),
         config.upstreams.len(),
     );
-    let warnings = warnings(&config);
+    let mut warnings = config.warnings.clone();
+    warnings.extend(self::warnings(&config));
     let state = State::build(config)?;
     let mut expired = Vec::new();
     let mut soon = Vec::new();

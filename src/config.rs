@@ -53,6 +53,8 @@ pub struct Config {
     pub logging: LoggingSettings,
     /// Policy test cases, run by `portcullis test` and `check`.
     pub tests: Vec<TestCase>,
+    /// Valid but probably unintended settings, each with file:line:col and key.
+    pub warnings: Vec<String>,
 }
 
 /// A file named in the configuration, with where it was named (for error messages).

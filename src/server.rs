@@ -309,6 +309,9 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
 /// When the gateway cannot start.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let path = config.path.clone();
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
     let gateway = Gateway::bind(config).await?;
     let shutdown = shutdown_signal();
     tokio::spawn(crate::reload::on_sighup(gateway.shared(), path));

@@ -46,8 +46,13 @@ pub(super) fn resolve(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let mut r = Resolver {
         p: Problems::new(&file),
         base,
+        file: file.clone(),
+        warnings: Vec::new(),
     };
-    let config = r.config(raw, path);
+    let config = r.config(raw, path).map(|mut c| {
+        c.warnings = std::mem::take(&mut r.warnings);
+        c
+    });
     match (r.p.into_result(()), config) {
         (Err(e), _) => Err(e),
         (Ok(()), Some(c)) => Ok(c),
@@ -139,9 +144,22 @@ fn pos<T>(sp: &Sp<T>) -> Pos {
 struct Resolver {
     p: Problems,
     base: PathBuf,
+    file: String,
+    warnings: Vec<String>,
 }
 
 impl Resolver {
+    /// Something valid but probably unintended, shown by `check` and logged by `run`.
+    fn warn(&mut self, at: Pos, key: impl Into<String>, message: impl Into<String>) {
+        let e = super::ConfigError {
+            file: self.file.clone(),
+            pos: at,
+            key: key.into(),
+            message: message.into(),
+        };
+        self.warnings.push(e.to_string());
+    }
+
     fn config(&mut self, raw: RawConfig, path: &Path) -> Option<Config> {
         let listen = match &raw.listen {
             Some(v) => self.addr(v, "listen"),
@@ -223,6 +241,7 @@ impl Resolver {
             basic,
             auth_failures,
             rate_limits,
+            warnings: Vec::new(),
             forward: forward?,
             limits: limits?,
             logging: logging?,
@@ -968,6 +987,34 @@ impl Resolver {
 
     // --- sections ---
 
+    /// A required, unique `name` of a principal or route.
+    fn unique_name(
+        &mut self,
+        v: Option<&Sp<String>>,
+        parent: Pos,
+        key: &str,
+        seen: &mut HashSet<String>,
+        what: &str,
+    ) -> Option<String> {
+        let Some(v) = v else {
+            self.p.push(
+                parent,
+                format!("{key}.name"),
+                format!("missing: every {what} needs a name"),
+            );
+            return None;
+        };
+        let name = self.string(v, &format!("{key}.name"))?;
+        if !seen.insert(name.clone()) {
+            self.p.push(
+                pos(v),
+                format!("{key}.name"),
+                format!("duplicate {what} name {name:?}"),
+            );
+        }
+        Some(name)
+    }
+
     fn tls(&mut self, t: &Sp<raw::RawTls>) -> Option<TlsSettings> {
         let raw = &t.value;
         let cert = self.required_file(raw.cert.as_ref(), "tls.cert", pos(t));
@@ -1109,29 +1156,7 @@ impl Resolver {
         for (i, sp) in raw.iter().enumerate() {
             let key = format!("principals[{i}]");
             let p = &sp.value;
-            let name = match &p.name {
-                Some(n) => {
-                    let name = self.string(n, &format!("{key}.name"));
-                    if let Some(name) = &name
-                        && !seen.insert(name.clone())
-                    {
-                        self.p.push(
-                            pos(n),
-                            format!("{key}.name"),
-                            format!("duplicate principal name {name:?}"),
-                        );
-                    }
-                    name
-                }
-                None => {
-                    self.p.push(
-                        pos(sp),
-                        format!("{key}.name"),
-                        "missing: every principal needs a name",
-                    );
-                    None
-                }
-            };
+            let name = self.unique_name(p.name.as_ref(), pos(sp), &key, &mut seen, "principal");
             let matcher = self.principal_matcher(sp, &key, &mut api_keys, &mut users);
             let roles = match &p.roles {
                 Some(r) => self
@@ -1402,29 +1427,7 @@ impl Resolver {
         for (i, sp) in list.value.iter().enumerate() {
             let key = format!("routes[{i}]");
             let r = &sp.value;
-            let name = match &r.name {
-                Some(n) => {
-                    let name = self.string(n, &format!("{key}.name"));
-                    if let Some(name) = &name
-                        && !names.insert(name.clone())
-                    {
-                        self.p.push(
-                            pos(n),
-                            format!("{key}.name"),
-                            format!("duplicate route name {name:?}"),
-                        );
-                    }
-                    name
-                }
-                None => {
-                    self.p.push(
-                        pos(sp),
-                        format!("{key}.name"),
-                        "missing: every route needs a name",
-                    );
-                    None
-                }
-            };
+            let name = self.unique_name(r.name.as_ref(), pos(sp), &key, &mut names, "route");
             let matcher = match &r.match_ {
                 Some(m) => self.route_match(m, &format!("{key}.match")),
                 None => {
@@ -1623,11 +1626,13 @@ impl Resolver {
                         let roles = self.strings(list, &format!("{key}.roles"));
                         for (role, p) in &roles {
                             if !known_roles.contains(role.as_str()) {
+                                // A warning, not an error: a deliberately closed route, or a
+                                // role whose principals are not written yet, is valid.
                                 let known = known(known_roles.iter().copied());
-                                self.p.push(
+                                self.warn(
                                     *p,
                                     format!("{key}.roles"),
-                                    format!("no principal grants role {role:?} ({known})"),
+                                    format!("no principal grants role {role:?}, so nobody holds it ({known})"),
                                 );
                             }
                         }

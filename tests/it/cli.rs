@@ -71,7 +71,7 @@ fn check_reports_a_typo_with_file_line_column_and_key() {
 fn check_reports_every_semantic_problem_at_once() {
     let dir = pki_dir();
     let yaml = format!(
-        "{BASE}    timeout: 5x\nroutes:\n  - name: admin\n    match: {{ prefix: /admin/ }}\n    upstream: legcy\n    allow: {{ roles: [admn] }}\n"
+        "{BASE}    timeout: 5x\nroutes:\n  - name: admin\n    match: {{ prefix: /admin/ }}\n    upstream: legcy\n    allow: {{ roles: [admn], when: {{ source_ip: nowhere }} }}\n"
     );
     std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
     let o = run(dir.path(), &["check"]);
@@ -88,7 +88,10 @@ fn check_reports_every_semantic_problem_at_once() {
         ),
         "{err}"
     );
-    assert!(err.contains("gateway.yaml:14:22: routes[0].allow.roles: no principal grants role \"admn\" (none are defined)"), "{err}");
+    assert!(
+        err.contains("gateway.yaml:14:48: routes[0].allow.when.source_ip: expected a CIDR"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -629,6 +632,7 @@ routes:
   - {{ name: all, match: {{ prefix: / }}, upstream: legacy, allow: {{ roles: [reader] }} }}
   - {{ name: reports, match: {{ prefix: /reports/ }}, upstream: legacy, allow: {{ roles: [reader] }} }}
   - {{ name: lan, match: {{ prefix: /lan/, host: lan.example }}, upstream: legacy, allow: {{ when: {{ source_ip: 10.0.0.0/8 }} }} }}
+  - {{ name: closed, match: {{ prefix: /closed/ }}, upstream: legacy, allow: {{ roles: [ghost] }} }}
 "#
     );
     std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
@@ -644,6 +648,7 @@ routes:
         "warning: role \"audit\" is granted but no route allows it",
         "warning: route \"reports\" is never used: route \"all\" before it matches all of its requests",
         "warning: route \"lan\" is reachable without any credential",
+        "warning: gateway.yaml:16:85: routes[3].allow.roles: no principal grants role \"ghost\", so nobody holds it",
     ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }

@@ -7,17 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::POLICY;
 use crate::support::gateway::yaml;
 use crate::support::upstream::Mode;
-use crate::support::{FakeUpstream, TestGateway, TestPki};
-
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
+use crate::support::{FakeUpstream, TestGateway, TestPki, admin_get};
 
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {

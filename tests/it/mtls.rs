@@ -5,15 +5,7 @@ use crate::support::gateway::{yaml, yaml_with};
 use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
 
 async fn metrics(gw: &TestGateway) -> String {
-    let addr = gw.admin.expect("admin listener");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    crate::support::admin_get(gw.admin.expect("admin listener"), "/metrics").await
 }
 
 #[tokio::test]

@@ -11,3 +11,15 @@ pub use client::Client;
 pub use gateway::TestGateway;
 pub use pki::TestPki;
 pub use upstream::FakeUpstream;
+
+/// GET a path on the plaintext admin listener; the whole response as text.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -145,11 +145,6 @@ impl RateLimits {
         self.on_store_error
     }
 
-    /// Whether decisions go to Redis.
-    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
-        self.redis.as_ref()
-    }
-
     /// Decides one request on `route` under `spec`.
     ///
     /// # Errors

@@ -146,11 +146,6 @@ impl JwtVerifier {
         }
     }
 
-    /// How many keys are loaded (for logs and tests).
-    pub fn key_count(&self) -> usize {
-        self.keys.load().all.len()
-    }
-
     /// Verifies a token and returns its claims.
     ///
     /// # Errors

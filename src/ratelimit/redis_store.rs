@@ -6,7 +6,7 @@
 //! holds only callers that are actually spending budget. Caller keys are hashed (SHA-256) so
 //! identities do not appear in Redis.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -48,7 +48,6 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     down: AtomicBool,
-    errors: AtomicU64,
 }
 
 impl RedisStore {
@@ -72,18 +71,12 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             timeout,
             down: AtomicBool::new(false),
-            errors: AtomicU64::new(0),
         })
     }
 
     /// Whether two stores talk to the same Redis with the same keys.
     pub fn same_target(&self, other: &RedisStore) -> bool {
         self.url == other.url && self.prefix == other.prefix && self.timeout == other.timeout
-    }
-
-    /// Decisions that failed because Redis did not answer (for metrics).
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
     }
 
     /// Decides one request.
@@ -133,7 +126,6 @@ impl RedisStore {
     }
 
     fn failed(&self, why: &str) -> StoreUnavailable {
-        self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(store = %redacted(&self.url), error = %why, "rate-limit store unavailable; applying on_store_error until it recovers");
         }

@@ -4,8 +4,9 @@
 //! ([`Authenticator`]); it decides nothing about routes (`policy` does). Every presented
 //! credential must verify: an invalid one is a 401 even beside a valid certificate, so a bad
 //! credential is never silently ignored. Failed attempts are counted per client IP by
-//! [`guard::AuthGuard`]; argon2 verifications are capped by a semaphore so a flood of Basic
-//! attempts cannot take every core.
+//! [`guard::AuthGuard`]; argon2 verifications are capped by a semaphore (one per core) so a
+//! flood of Basic attempts cannot take every core, and to one at a time per client network, so
+//! one client cannot take them all from everyone else.
 
 pub mod guard;
 pub mod jwt;
@@ -139,6 +140,7 @@ pub struct Authenticator {
     dummy_hash: String,
     jwt: Option<jwt::JwtVerifier>,
     argon2_slots: Arc<tokio::sync::Semaphore>,
+    client_slots: ClientSlots,
     challenges: Vec<http::HeaderValue>,
 }
 
@@ -204,6 +206,7 @@ impl Authenticator {
             basic,
             jwt,
             argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            client_slots: ClientSlots::default(),
             challenges,
         })
     }
@@ -266,16 +269,22 @@ impl Authenticator {
         }
     }
 
-    /// [`Authenticator::verify_basic`] on the blocking pool, at most one verification per core
-    /// at a time; further attempts wait their turn.
+    /// [`Authenticator::verify_basic`] on the blocking pool: at most one verification per core
+    /// at a time, and one per client network (see [`crate::ratelimit::client_net`]); further
+    /// attempts wait their turn.
     ///
     /// # Errors
     /// As `verify_basic`.
     pub async fn verify_basic_async(
         self: &Arc<Self>,
+        client: std::net::IpAddr,
         user: String,
         password: String,
     ) -> Result<usize, AuthFailure> {
+        let mut mine = self.client_slots.slot(crate::ratelimit::client_net(client));
+        if !mine.acquire().await {
+            return Err(AuthFailure::BadPassword);
+        }
         let Ok(_permit) = self.argon2_slots.clone().acquire_owned().await else {
             return Err(AuthFailure::BadPassword);
         };
@@ -298,6 +307,58 @@ impl Authenticator {
             return Err(AuthFailure::NotConfigured("bearer"));
         };
         v.verify(token, cert)
+    }
+}
+
+/// One argon2 verification at a time per client network. Entries live only while a
+/// verification from that client runs or waits, so the table is as small as the work in flight.
+#[derive(Default)]
+struct ClientSlots(
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Arc<tokio::sync::Semaphore>>>,
+);
+
+impl ClientSlots {
+    fn slot(&self, net: std::net::IpAddr) -> ClientSlot<'_> {
+        let sem = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(net)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        ClientSlot {
+            slots: self,
+            net,
+            sem,
+            permit: None,
+        }
+    }
+}
+
+/// A client's turn: waits for it, holds it, and on drop (also when the request is cancelled
+/// while waiting) removes the table entry once nobody else holds or waits for it.
+struct ClientSlot<'a> {
+    slots: &'a ClientSlots,
+    net: std::net::IpAddr,
+    sem: Arc<tokio::sync::Semaphore>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl ClientSlot<'_> {
+    async fn acquire(&mut self) -> bool {
+        self.permit = self.sem.clone().acquire_owned().await.ok();
+        self.permit.is_some()
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.permit = None;
+        let mut map = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the table's: nobody else holds or waits.
+        if Arc::strong_count(&self.sem) == 2 {
+            map.remove(&self.net);
+        }
     }
 }
 

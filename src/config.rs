@@ -522,6 +522,33 @@ pub struct ForwardSettings {
     pub x_forwarded: bool,
     /// Whether consumed credentials are forwarded upstream.
     pub credentials: bool,
+    /// What to do with request headers whose name has `_`.
+    pub underscore_headers: UnderscoreHeaders,
+    /// Forwarding headers (`Forwarded`, `X-Forwarded-*`, ...) passed through from clients
+    /// instead of removed; empty unless every client is a trusted proxy.
+    pub trusted_client_headers: Vec<HeaderName>,
+}
+
+/// `forward.underscore_headers`: headers whose name has `_`. Whatever this says, a `_` twin of
+/// an identity, credential or forwarding header is always removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Forwarded as sent.
+    Allow,
+    /// Removed (nginx's `underscores_in_headers off`).
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+}
+
+/// `limits.path_parameters`: `;` parameters in path segments (Tomcat and Spring strip them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathParameters {
+    /// Allowed; routes match the path as such servers resolve it (parameters removed), the
+    /// upstream gets them as sent, and a dot segment with parameters (`..;x`) is refused.
+    Allow,
+    /// Any `;` in the path is refused with 400.
+    Reject,
 }
 
 /// `forward.headers.client_cert_format`.
@@ -546,8 +573,16 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// A connection with no request in flight is closed after this long.
     pub idle_timeout: Duration,
+    /// A response the client takes no bytes of for this long is abandoned.
+    pub send_timeout: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Most TLS handshakes in progress at once (they hold no connection slot).
+    pub max_handshakes: usize,
+    /// How `;` parameters in path segments are treated.
+    pub path_parameters: PathParameters,
     /// How long a drain waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }

@@ -62,6 +62,10 @@ impl GatewayError {
             GatewayError::BadPath(PathError::BadPercentEncoding) => "bad percent-encoding in path",
             GatewayError::BadPath(PathError::EncodedSeparator) => "encoded separator in path",
             GatewayError::BadPath(PathError::Backslash) => "backslash in path",
+            GatewayError::BadPath(PathError::DotSegmentParameters) => {
+                "dot segment with parameters in path"
+            }
+            GatewayError::BadPath(PathError::Semicolon) => "semicolon in path",
             GatewayError::Denied(Denial::NoRoute) => "no route",
             GatewayError::Denied(Denial::Unauthenticated) => "authentication required",
             GatewayError::Denied(Denial::Forbidden) => "forbidden",

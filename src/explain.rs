@@ -16,7 +16,9 @@ use serde_json::{Map, Value};
 use crate::auth::{self, Authenticator};
 use crate::config::{Allow, Config, Expectation, JwksSource, PrincipalMatcher, TestCase};
 use crate::identity::PeerCert;
-use crate::policy::{Caller, Decision, Denial, Policy, RequestFacts, Verified, normalize_path};
+use crate::policy::{
+    Caller, Decision, Denial, Policy, RequestFacts, Verified, match_form, normalize_path,
+};
 
 /// One request to explain.
 #[derive(Debug, Default)]
@@ -58,10 +60,23 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
         .context("--method is not an HTTP method")?;
     let source_ip = req.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut out = String::new();
-    let host = req
-        .host
-        .as_deref()
-        .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+    // The gateway's own Host parsing: `[::1]:8443`, a trailing dot and letter case alike.
+    let host = match req.host.as_deref() {
+        Some(h) => match crate::gateway::parse_host(h) {
+            Some(parsed) => Some(parsed.name),
+            None => {
+                let _ = writeln!(
+                    out,
+                    "host:       {h:?} is refused: invalid host\ndecision:   400 (bad request)"
+                );
+                return Ok(Explanation {
+                    text: out,
+                    allowed: false,
+                });
+            }
+        },
+        None => None,
+    };
     let path = match normalize_path(req.path.split('?').next().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => {
@@ -180,7 +195,7 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
     let facts = RequestFacts {
         method: &method,
         host: host.as_deref(),
-        path: &path,
+        path: &match_form(&path),
         source_ip,
         headers: &headers,
         cert: cert.as_ref(),
@@ -339,7 +354,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
     let facts = RequestFacts {
         method: &r.method,
         host: r.host.as_deref(),
-        path: &path,
+        path: &match_form(&path),
         source_ip: r.source_ip,
         headers: &r.headers,
         cert: r.cert.as_ref(),

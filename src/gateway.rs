@@ -16,7 +16,6 @@
 //! without boxing a service per layer. Errors from every stage meet in one mapping
 //! (`error::GatewayError::into_response`).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,22 +23,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio::sync::watch;
+
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::auth::guard::AuthGuard;
 use crate::auth::{self, AuthFailure, Authenticator};
-use crate::config::{Config, ConfigErrors, OnStoreError};
+use crate::config::{Config, ConfigErrors, OnStoreError, PathParameters};
 use crate::error::GatewayError;
 use crate::identity::PeerCert;
 use crate::metrics::{Metrics, RouteLabel, RouteReason, UpstreamKind};
 use crate::observability::{Activity, RequestLog};
-use crate::policy::{Caller, Policy, RequestFacts, Verified, normalize_path};
+use crate::policy::{
+    Caller, PathError, Policy, RequestFacts, Verified, match_form, normalize_path,
+};
 use crate::proxy::headers;
 use crate::proxy::{LimitedBody, TrackedBody, Upstream};
 use crate::ratelimit::{RateLimits, key_for};
-use crate::tls::Expiries;
+use crate::tls::{ClientVerifier, Expiries};
 
 /// Everything derived from one configuration: swapped whole on reload, never mutated.
 pub struct State {
@@ -49,6 +53,8 @@ pub struct State {
     pub policy: Policy,
     /// The listener's TLS configuration.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Its client verifier, to check open connections again after a reload.
+    pub verifier: Option<ClientVerifier>,
     /// Upstream clients, indexed like `config.upstreams`.
     pub upstreams: Vec<Upstream>,
     /// Certificate and CRL expiry facts.
@@ -71,7 +77,7 @@ impl State {
     /// # Errors
     /// Every problem with the certificate, key, CA and CRL files.
     pub fn build(config: Config) -> Result<State, ConfigErrors> {
-        let (tls, expiries) = crate::tls::server_config(&config)?;
+        let (tls, expiries, verifier) = crate::tls::server_config(&config)?;
         let policy = Policy::new(&config);
         let upstreams = config.upstreams.iter().map(Upstream::new).collect();
         let auth = Arc::new(Authenticator::new(&config)?);
@@ -81,6 +87,7 @@ impl State {
             config,
             policy,
             tls,
+            verifier,
             upstreams,
             expiries,
             auth,
@@ -136,14 +143,52 @@ impl Shared {
 /// What a connection knows about its peer, computed once after the handshake.
 #[derive(Debug)]
 pub struct Connection {
-    /// The client's address.
+    /// The client's address (IPv4-mapped IPv6 addresses already turned into IPv4).
     pub remote: SocketAddr,
     /// The verified client certificate, when one was presented.
     pub cert: Option<PeerCert>,
+    /// The certificate chain the client presented (leaf first), to verify it again when a
+    /// reload changes the CA bundle or the CRLs.
+    chain: Vec<CertificateDer<'static>>,
     /// In-flight requests and last activity, for the idle timeout.
     pub activity: Arc<Activity>,
     /// The caller as the current snapshot sees this connection's certificate.
     caller: ArcSwapOption<CallerView>,
+    /// The connection's place under `max_connections`, held by the connection and any
+    /// WebSocket tunnel it became.
+    _slot: Option<ConnectionSlot>,
+    /// True once the gateway drains.
+    pub stop: watch::Receiver<bool>,
+    /// Set when a reload no longer trusts the certificate; the connection task closes.
+    revoked: AtomicBool,
+    /// Wakes the connection task to close at once.
+    pub close: tokio::sync::Notify,
+}
+
+/// One connection's place under `limits.max_connections`, and its count in
+/// `portcullis_open_connections`: both end when the last holder (the connection, or the
+/// WebSocket tunnel it became) lets go.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionSlot {
+    /// Takes a slot for a connection that has finished its handshake.
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        ConnectionSlot {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.open_connections.dec();
+    }
 }
 
 /// A connection's caller under one snapshot, with what each request needs precomputed: the
@@ -152,6 +197,8 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct CallerView {
     generation: u64,
+    /// Whether this snapshot's CA bundle and CRLs still accept the connection's certificate.
+    pub trusted: bool,
     /// The decision input.
     pub caller: Caller,
     /// For the access log.
@@ -163,17 +210,32 @@ pub struct CallerView {
 
 impl Connection {
     /// A connection's facts, read once after the handshake.
-    pub fn new(remote: SocketAddr, cert: Option<PeerCert>, activity: Arc<Activity>) -> Connection {
+    pub fn new(
+        remote: SocketAddr,
+        cert: Option<(PeerCert, Vec<CertificateDer<'static>>)>,
+        activity: Arc<Activity>,
+        slot: Option<ConnectionSlot>,
+        stop: watch::Receiver<bool>,
+    ) -> Connection {
+        let (cert, chain) = match cert {
+            Some((c, chain)) => (Some(c), chain),
+            None => (None, Vec::new()),
+        };
         Connection {
-            remote,
+            remote: SocketAddr::new(remote.ip().to_canonical(), remote.port()),
             cert,
+            chain,
             activity,
             caller: ArcSwapOption::empty(),
+            _slot: slot,
+            stop,
+            revoked: AtomicBool::new(false),
+            close: tokio::sync::Notify::new(),
         }
     }
 
     /// The caller under `state`, computed on the first request after a (re)load.
-    fn caller_view(&self, state: &State) -> Arc<CallerView> {
+    pub fn caller_view(&self, state: &State) -> Arc<CallerView> {
         if let Some(v) = self.caller.load_full()
             && v.generation == state.generation
         {
@@ -185,6 +247,7 @@ impl Connection {
         });
         let view = Arc::new(CallerView {
             generation: state.generation,
+            trusted: self.trusted_under(state),
             identity: caller.identity.as_deref().map(Arc::from),
             roles: Arc::from(caller.roles.join(",")),
             headers: headers::identity_headers(&caller, self.cert.as_ref(), &state.config.forward),
@@ -192,6 +255,47 @@ impl Connection {
         });
         self.caller.store(Some(view.clone()));
         view
+    }
+
+    /// Whether `state` still accepts this connection's certificate: the handshake checked it
+    /// against the snapshot of its day; a reload may since have revoked it, dropped its CA, or
+    /// turned client certificates off.
+    fn trusted_under(&self, state: &State) -> bool {
+        if self.cert.is_none() {
+            return true;
+        }
+        let (Some(verifier), Some((leaf, rest))) = (&state.verifier, self.chain.split_first())
+        else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .is_ok()
+    }
+
+    /// Whether the connection may still be served under the live snapshot; marks it revoked
+    /// (and wakes its task to close) when not.
+    pub fn still_trusted(&self, shared: &Shared) -> bool {
+        if self.revoked.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.caller_view(&shared.state.load()).trusted {
+            return true;
+        }
+        self.revoke();
+        false
+    }
+
+    fn revoke(&self) {
+        if !self.revoked.swap(true, Ordering::Relaxed) {
+            tracing::info!(peer = %self.remote, "closing connection: its client certificate is no longer trusted");
+        }
+        self.close.notify_one();
+    }
+
+    /// Whether a reload revoked the connection's certificate.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
     }
 }
 
@@ -208,7 +312,7 @@ impl GatewayService {
         GatewayService { shared, conn }
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Response<TrackedBody> {
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<TrackedBody>, Revoked> {
         // 1. Snapshot, request id, log record.
         let state = self.shared.state.load_full();
         let forward = &state.config.forward;
@@ -231,7 +335,18 @@ impl GatewayService {
             metrics: self.shared.metrics.clone(),
             activity: self.conn.activity.clone(),
         };
-        let result = self.process(&state, req, &mut log).await;
+        // A reload revoked the certificate this connection was opened with: no further
+        // response (HTTP/1.1 closes; the connection task closes HTTP/2 too). Logged as nginx
+        // logs a connection closed without a response.
+        let view = self.conn.caller_view(&state);
+        if !view.trusted || self.conn.is_revoked() {
+            self.conn.revoke();
+            log.decision = "certificate_revoked";
+            log.status = 444;
+            log.finish(0);
+            return Err(Revoked);
+        }
+        let result = self.process(&state, &view, req, &mut log).await;
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -252,18 +367,21 @@ impl GatewayService {
         if let Ok(v) = HeaderValue::from_str(&log.request_id) {
             resp.headers_mut().insert(forward.request_id.clone(), v);
         }
-        resp.map(|body| TrackedBody::new(body, log))
+        Ok(resp.map(|body| TrackedBody::new(body, log)))
     }
 
     async fn process(
         &self,
         state: &State,
-        req: Request<Incoming>,
+        view: &CallerView,
+        mut req: Request<Incoming>,
         log: &mut RequestLog,
     ) -> Result<Response<crate::proxy::ResponseBody>, GatewayError> {
         let config = &state.config;
 
-        // 2. Framing and size checks hyper leaves to us.
+        // 2. Framing and size checks hyper leaves to us, then the headers a client may not
+        //    send: forged identity, forwarding headers, `_` twins. Everything after this
+        //    (credentials, conditions, the upstream) sees the cleaned headers.
         check_framing(&req)?;
         if head_size(&req) > config.limits.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
@@ -273,21 +391,39 @@ impl GatewayService {
         {
             return Err(GatewayError::BodyTooLarge);
         }
+        headers::sanitize(req.headers_mut(), &config.forward, &config.api_keys.header).map_err(
+            |_| GatewayError::BadRequest {
+                reason: "header name with underscore",
+                close: false,
+            },
+        )?;
+        let host = request_host(&req)?;
 
-        // 3. One canonical path for matching and forwarding.
+        // 3. One canonical path for matching and forwarding; routes see it as Tomcat and
+        //    Spring would resolve its `;` parameters.
         let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
+        if config.limits.path_parameters == PathParameters::Reject
+            && (path.contains(';') || path.contains("%3B"))
+        {
+            return Err(GatewayError::BadPath(PathError::Semicolon));
+        }
         log.path.clone_from(&path);
-        let host = request_host(&req);
+        let match_path = match_form(&path);
 
         // 4. Credentials. The certificate's part is cached per connection; every other
         //    presented credential must verify, or the request is refused (401), and failures
-        //    spend the client IP's auth_failures budget (429 once spent).
-        let view = self.conn.caller_view(state);
+        //    spend the client's auth_failures budget (429 once spent).
         log.identity.clone_from(&view.identity);
         log.roles = view.roles.clone();
         let presented = match auth::presented(req.headers(), &config.api_keys.header) {
             Ok(p) => p,
-            Err(failure) => return Err(self.auth_failed(failure, log)),
+            Err(failure) => {
+                if let Err(wait) = self.reserve_attempt() {
+                    log.decision = "auth_failures";
+                    return Err(GatewayError::TooManyAuthFailures(wait));
+                }
+                return Err(self.auth_failed(failure, log));
+            }
         };
         let mut claims = None;
         let per_request: Option<(Caller, Vec<(HeaderName, HeaderValue)>)> = if presented.any() {
@@ -312,8 +448,8 @@ impl GatewayService {
         // 5. Route and authorization.
         let facts = RequestFacts {
             method: req.method(),
-            host: host.as_deref(),
-            path: &path,
+            host: host.as_ref().map(|h| h.name.as_str()),
+            path: &match_path,
             source_ip: self.conn.remote.ip(),
             headers: req.headers(),
             cert: self.conn.cert.as_ref(),
@@ -393,26 +529,26 @@ impl GatewayService {
 
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, websocket);
-        headers::strip_identity(h, &config.forward);
         if !config.forward.credentials {
             h.remove(header::AUTHORIZATION);
+            h.remove(&config.api_keys.header);
         }
+        // The upstream gets the host the policy matched, in one canonical spelling.
+        h.remove(header::HOST);
         if let Some(host) = &host
-            && let Ok(v) = HeaderValue::from_str(
-                host_with_port(&parts.uri, parts.headers.get(header::HOST), host).as_str(),
-            )
+            && let Ok(v) = HeaderValue::from_str(&host.header_value())
         {
-            parts.headers.insert(header::HOST, v);
+            h.insert(header::HOST, v);
         }
-        if !config.forward.credentials {
-            parts.headers.remove(&config.api_keys.header);
-        }
-        let h = &mut parts.headers;
         for (name, value) in identity_headers {
             h.insert(name.clone(), value.clone());
         }
         if config.forward.x_forwarded {
-            headers::set_forwarded(h, self.conn.remote.ip(), host.as_deref());
+            headers::set_forwarded(
+                h,
+                self.conn.remote.ip(),
+                host.as_ref().map(|h| h.name.as_str()),
+            );
         }
         if let Ok(v) = HeaderValue::from_str(&log.request_id) {
             h.insert(config.forward.request_id.clone(), v);
@@ -421,9 +557,12 @@ impl GatewayService {
         let upstream_req =
             Request::from_parts(parts, LimitedBody::new(body, config.limits.max_body_bytes));
 
-        match upstream.send(upstream_req, client_upgrade).await {
-            Ok(mut resp) => {
+        match upstream.send(upstream_req, client_upgrade.is_some()).await {
+            Ok((mut resp, upstream_upgrade)) => {
                 log.upstream_status = Some(resp.status().as_u16());
+                if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+                    self.spawn_tunnel(client, upstream, config.limits.websocket_idle_timeout);
+                }
                 if let Some(o) = rate_info {
                     o.write_headers(resp.headers_mut());
                 }
@@ -453,10 +592,40 @@ impl GatewayService {
             }
         }
     }
+
+    /// Runs a WebSocket tunnel that keeps this connection's slot, idles out, drains, and
+    /// closes when a reload stops trusting the caller's certificate.
+    fn spawn_tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        idle: std::time::Duration,
+    ) {
+        let conn = self.conn.clone();
+        let shared = self.shared.clone();
+        let guards = crate::proxy::tunnel::TunnelGuards {
+            idle,
+            stop: conn.stop.clone(),
+            metrics: shared.metrics.clone(),
+            keep: conn.clone(),
+            still_allowed: move || conn.still_trusted(&shared),
+        };
+        tokio::spawn(crate::proxy::tunnel::run(client, upstream, guards));
+    }
 }
 
 impl GatewayService {
-    /// Verifies every presented credential, under the client IP's failure budget.
+    /// Reserves one failed authentication for this client before a credential is verified.
+    fn reserve_attempt(&self) -> Result<(), std::time::Duration> {
+        self.shared
+            .auth_guard
+            .load()
+            .reserve(self.conn.remote.ip(), Instant::now())
+    }
+
+    /// Verifies every presented credential, under the client's failure budget: one failure is
+    /// reserved before anything is verified and given back only when everything verified, so
+    /// concurrent guesses cannot outrun the budget.
     async fn authenticate(
         &self,
         state: &State,
@@ -464,7 +633,7 @@ impl GatewayService {
         log: &mut RequestLog,
     ) -> Result<(Caller, Option<serde_json::Map<String, serde_json::Value>>), GatewayError> {
         let ip = self.conn.remote.ip();
-        if let Some(wait) = self.shared.auth_guard.load().blocked(ip, Instant::now()) {
+        if let Err(wait) = self.reserve_attempt() {
             log.decision = "auth_failures";
             return Err(GatewayError::TooManyAuthFailures(wait));
         }
@@ -491,19 +660,20 @@ impl GatewayService {
             if !state.auth.has_basic() {
                 return Err(self.auth_failed(AuthFailure::NotConfigured("basic"), log));
             }
-            match state.auth.verify_basic_async(user, password).await {
+            match state.auth.verify_basic_async(ip, user, password).await {
                 Ok(i) => verified.basic = Some(i),
                 Err(f) => return Err(self.auth_failed(f, log)),
             }
         }
+        // Everything verified: the reserved failure goes back.
+        self.shared.auth_guard.load().refund(ip, Instant::now());
         verified.jwt = claims.as_ref();
         let caller = state.policy.identify(&verified);
         Ok((caller, claims))
     }
 
-    /// A refused credential: logged with its reason, counted against the client IP.
+    /// A refused credential: logged with its reason; the failure reserved for it stays spent.
     fn auth_failed(&self, failure: AuthFailure, log: &mut RequestLog) -> GatewayError {
-        let ip = self.conn.remote.ip();
         tracing::info!(request_id = %log.request_id, client = %self.conn.remote, reason = %failure, "credential refused");
         self.shared
             .metrics
@@ -513,28 +683,33 @@ impl GatewayService {
                 reason: "bad_credential".to_owned(),
             })
             .inc();
-        if let Some(wait) = self
-            .shared
-            .auth_guard
-            .load()
-            .record_failure(ip, Instant::now())
-        {
-            log.decision = "auth_failures";
-            return GatewayError::TooManyAuthFailures(wait);
-        }
         log.decision = "bad_credential";
         GatewayError::Denied(crate::policy::Denial::Unauthenticated)
     }
 }
 
+/// The service's error: the connection's certificate is no longer trusted, so the request
+/// gets no response and hyper closes the connection (HTTP/1.1) or resets the stream (HTTP/2,
+/// whose connection the connection task then closes).
+#[derive(Debug)]
+pub struct Revoked;
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client certificate is no longer trusted")
+    }
+}
+
+impl std::error::Error for Revoked {}
+
 impl hyper::service::Service<Request<Incoming>> for GatewayService {
     type Response = Response<TrackedBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Error = Revoked;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Revoked>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(this.handle(req))
     }
 }
 
@@ -596,27 +771,91 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .sum::<usize>()
 }
 
-/// The request's host without port, lower-cased: `:authority` for HTTP/2, `Host` for HTTP/1.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
-        None => {
-            let v = req.headers().get(header::HOST)?.to_str().ok()?;
-            let a: http::uri::Authority = v.parse().ok()?;
-            a.host().to_owned()
-        }
-    };
-    Some(raw.to_ascii_lowercase())
+/// The host a request is for, as the policy matches it and the upstream receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Lower-case, without a trailing dot; an IPv6 literal keeps its brackets.
+    pub name: String,
+    /// The port, when one was given.
+    pub port: Option<u16>,
 }
 
-/// The Host header for the upstream: the client's, with its port when it had one.
-fn host_with_port(uri: &http::Uri, host_header: Option<&HeaderValue>, host: &str) -> String {
-    if let Some(a) = uri.authority() {
-        return a.as_str().to_owned();
+impl Host {
+    /// `name` or `name:port`.
+    pub fn header_value(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.name),
+            None => self.name.clone(),
+        }
     }
-    host_header
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(|| host.to_owned(), str::to_owned)
+}
+
+/// Parses a Host header or `:authority`: a DNS name, an IPv4 address or a bracketed IPv6
+/// literal, then an optional port. Refused: userinfo (`a@b`), spaces, anything else a
+/// registered name cannot hold, and an empty name.
+pub fn parse_host(raw: &str) -> Option<Host> {
+    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{}]", inside.to_ascii_lowercase()), port)
+    } else {
+        let (name, port) = match raw.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (raw, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid {
+            return None;
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some(Host { name, port })
+}
+
+/// The request's host: `Host`, or `:authority` (HTTP/2, or an absolute-form HTTP/1.1 target).
+/// Refused with 400: more than one Host, an invalid one, one that disagrees with the
+/// authority, and none at all on HTTP/1.1 (RFC 9112 §3.2).
+fn request_host<B>(req: &Request<B>) -> Result<Option<Host>, GatewayError> {
+    let bad = |reason| GatewayError::BadRequest {
+        reason,
+        close: false,
+    };
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let from_header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(bad("more than one host header")),
+        (Some(v), None) => {
+            let text = v.to_str().map_err(|_| bad("invalid host"))?;
+            Some(parse_host(text).ok_or(bad("invalid host"))?)
+        }
+        (None, _) => None,
+    };
+    let from_authority = match req.uri().authority() {
+        Some(a) => Some(parse_host(a.as_str()).ok_or(bad("invalid host"))?),
+        None => None,
+    };
+    match (from_header, from_authority) {
+        (Some(h), Some(a)) if h != a => Err(bad("host does not match the request authority")),
+        (Some(h), _) | (None, Some(h)) => Ok(Some(h)),
+        (None, None) if req.version() == http::Version::HTTP_11 => Err(bad("missing host")),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Removes a prefix at a segment boundary; what remains always starts with `/`.
@@ -636,6 +875,29 @@ pub fn is_ready(shared: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_parse_strictly_and_canonically() {
+        let h = |s: &str| parse_host(s).map(|h| h.header_value());
+        assert_eq!(h("Admin.Internal."), Some("admin.internal".into()));
+        assert_eq!(h("admin.internal:8443"), Some("admin.internal:8443".into()));
+        assert_eq!(h("[::1]:8443"), Some("[::1]:8443".into()));
+        assert_eq!(h("127.0.0.1"), Some("127.0.0.1".into()));
+        for bad in [
+            "admin.internal@x",
+            "x y",
+            "",
+            ".",
+            "a..b",
+            "a:b",
+            "a:99999",
+            "[zz]",
+            "[::1]x",
+            "a/b",
+        ] {
+            assert_eq!(parse_host(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn request_ids() {

@@ -86,8 +86,12 @@ pub struct Metrics {
     pub ratelimit_store_errors: Counter,
     /// `portcullis_upstream_errors_total{upstream,kind}`.
     pub upstream_errors: Family<UpstreamKind, Counter>,
-    /// `portcullis_open_connections`.
+    /// `portcullis_open_connections` (WebSocket tunnels included).
     pub open_connections: Gauge,
+    /// `portcullis_connections_closed_total{reason}`: connections the gateway closed on a
+    /// timer or a policy change (header_timeout, idle_timeout, send_timeout,
+    /// websocket_idle_timeout, revoked).
+    pub connections_closed: Family<ReasonLabel, Counter>,
     /// `portcullis_config_reloads_total{result}`.
     pub config_reloads: Family<ResultLabel, Counter>,
     /// `portcullis_certificate_expiry_seconds{file}`.
@@ -103,6 +107,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a connection the gateway closed, by why.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Registers every family.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
@@ -116,6 +129,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamKind, Counter>::default();
         let ratelimit_store_errors = Counter::default();
         let open_connections = Gauge::default();
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let certificate_expiry = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
         let crl_next_update = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
@@ -133,6 +147,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed TLS handshakes, by reason",
             handshake_failures.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections the gateway closed on a timeout or revocation, by reason",
+            connections_closed.clone(),
         );
         registry.register(
             "authz_denied",
@@ -184,6 +203,7 @@ impl Metrics {
             upstream_errors,
             ratelimit_store_errors,
             open_connections,
+            connections_closed,
             config_reloads,
             certificate_expiry,
             crl_next_update,

@@ -43,8 +43,9 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// Per-connection activity, for the idle and header timeouts: requests in flight, the last
-/// time one started or ended, and since when a request head has been arriving.
+/// Per-connection activity, for the idle, header and send timeouts: requests in flight, the
+/// last time one started or ended, since when a request head has been arriving, and since when
+/// the client has taken none of what the gateway has to send.
 #[derive(Debug)]
 pub struct Activity {
     origin: Instant,
@@ -54,6 +55,13 @@ pub struct Activity {
     /// pending). A new connection starts with one pending: its first request must arrive
     /// within `header_timeout` too.
     head_since_ms: AtomicU64,
+    /// Since when a socket write has been blocked (the client's receive window is full).
+    write_blocked_ms: AtomicU64,
+    /// Response bodies that produced data and have not been asked for more since: HTTP/2
+    /// stops asking when the client stops granting flow-control window.
+    bodies_waiting: AtomicUsize,
+    /// The last time any response body was asked for data.
+    body_progress_ms: AtomicU64,
 }
 
 const NONE: u64 = u64::MAX;
@@ -65,6 +73,9 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(NONE),
+            bodies_waiting: AtomicUsize::new(0),
+            body_progress_ms: AtomicU64::new(0),
         }
     }
 }
@@ -109,6 +120,50 @@ impl Activity {
         Some(std::time::Duration::from_millis(
             self.now_ms().saturating_sub(last),
         ))
+    }
+
+    /// A socket write could not proceed (`blocked`) or did.
+    fn write_progress(&self, blocked: bool) {
+        if blocked {
+            if self.write_blocked_ms.load(Ordering::Relaxed) == NONE {
+                self.write_blocked_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+            }
+        } else if self.write_blocked_ms.load(Ordering::Relaxed) != NONE {
+            self.write_blocked_ms.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// A response body was asked for data; `had_waiting` when it had produced data before.
+    pub fn body_polled(&self, had_waiting: bool) {
+        if had_waiting {
+            self.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.body_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A response body produced data and waits for the client to take it.
+    pub fn body_yielded(&self) {
+        self.bodies_waiting.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response body that had produced data is gone.
+    pub fn body_dropped(&self) {
+        self.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the client has taken nothing of what the gateway has to send: a blocked socket
+    /// write, or response data that HTTP/2 flow control holds back; `None` when nothing waits.
+    pub fn send_stalled_for(&self) -> Option<std::time::Duration> {
+        let now = self.now_ms();
+        let socket = match self.write_blocked_ms.load(Ordering::Relaxed) {
+            NONE => None,
+            since => Some(now.saturating_sub(since)),
+        };
+        let bodies = (self.bodies_waiting.load(Ordering::Relaxed) > 0)
+            .then(|| now.saturating_sub(self.body_progress_ms.load(Ordering::Relaxed)));
+        socket.max(bodies).map(std::time::Duration::from_millis)
     }
 
     /// How long an incomplete request head has been arriving, if one is.
@@ -162,7 +217,10 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ActivityIo<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let poll = this.inner.poll_write(cx, buf);
+        this.activity.write_progress(poll.is_pending());
+        poll
     }
 
     fn poll_write_vectored(
@@ -170,7 +228,10 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ActivityIo<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let poll = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.write_progress(poll.is_pending());
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -181,7 +242,10 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ActivityIo<T> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let poll = this.inner.poll_flush(cx);
+        this.activity.write_progress(poll.is_pending());
+        poll
     }
 
     fn poll_shutdown(

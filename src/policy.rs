@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method};
 use serde_json::{Map, Value};
 
-pub use path::{PathError, normalize_path};
+pub use path::{PathError, match_form, normalize_path};
 
 use crate::config::{
     Allow, CertMatcher, ClaimTest, Condition, Config, Glob, Principal, PrincipalMatcher,
@@ -76,6 +76,9 @@ pub struct Verified<'a> {
 pub struct Caller {
     /// The identity forwarded upstream; `None` for an anonymous caller.
     pub identity: Option<String>,
+    /// The credential the identity came from: identities from different credential types
+    /// never share a rate-limit budget, even when they spell the same text.
+    pub identity_factor: Option<Factor>,
     /// Names of the matched principals, sorted.
     pub principals: Vec<String>,
     /// The union of the matched principals' roles, sorted.
@@ -208,25 +211,30 @@ impl Policy {
         }
         let identity = v
             .cert
-            .map(|c| c.identity().to_owned())
+            .map(|c| (c.identity().to_owned(), Factor::Certificate))
             .or_else(|| {
                 v.jwt
                     .and_then(|c| c.get("sub"))
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
+                    .map(|s| (s.to_owned(), Factor::Jwt))
             })
             .or_else(|| {
                 v.api_key
                     .and_then(|i| self.principals.get(i))
-                    .map(|p| p.name.clone())
+                    .map(|p| (p.name.clone(), Factor::ApiKey))
             })
             .or_else(|| {
                 v.basic
                     .and_then(|i| self.principals.get(i))
-                    .map(|p| p.name.clone())
+                    .map(|p| (p.name.clone(), Factor::Basic))
             });
+        let (identity, identity_factor) = match identity {
+            Some((i, f)) => (Some(i), Some(f)),
+            None => (None, None),
+        };
         Caller {
             identity,
+            identity_factor,
             principals: principals.into_iter().collect(),
             roles: roles.into_iter().collect(),
             factors,

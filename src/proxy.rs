@@ -6,6 +6,7 @@
 
 mod body;
 pub mod headers;
+pub mod tunnel;
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use http::{Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::{BodyTooLarge, BoxError, LimitedBody, ResponseBody, TrackedBody};
 
@@ -120,15 +121,16 @@ impl Upstream {
     }
 
     /// Sends a prepared request and returns the upstream's response with hop-by-hop headers
-    /// removed. A `101 Switching Protocols` answer to an upgrade is spliced to `client_upgrade`.
+    /// removed. When `upgrade` is asked for and the upstream answers `101 Switching
+    /// Protocols`, the upstream's side of the upgrade comes back too, for a tunnel.
     ///
     /// # Errors
     /// A [`ForwardError`] mapping to 413, 502 or 504.
     pub async fn send(
         &self,
         mut req: Request<LimitedBody>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<ResponseBody>, ForwardError> {
+        upgrade: bool,
+    ) -> Result<(Response<ResponseBody>, Option<hyper::upgrade::OnUpgrade>), ForwardError> {
         *req.version_mut() = Version::HTTP_11;
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         let mut resp = match result {
@@ -142,29 +144,13 @@ impl Upstream {
                 });
             }
         };
-        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
-        if let (true, Some(client_side)) = (upgraded, client_upgrade) {
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(client_side, upstream_side));
-        }
+        let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_side = upgraded.then(|| hyper::upgrade::on(&mut resp));
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and the upstream's.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::debug!(error = %e, "websocket upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "websocket connection ended with an error");
+        Ok((
+            resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            upstream_side,
+        ))
     }
 }
 

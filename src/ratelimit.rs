@@ -62,18 +62,40 @@ pub fn ceil_secs(d: Duration) -> u64 {
 #[derive(Debug)]
 pub struct StoreUnavailable;
 
-/// The rate-limit key of a request: what its budget is kept per.
+/// The network a client address is budgeted as: an IPv4 address (IPv4-mapped IPv6 included)
+/// as itself, an IPv6 address as its /64, since one subscriber or host usually holds a whole
+/// /64 and could otherwise rotate addresses to escape `key: ip` and `auth_failures`.
+pub fn client_net(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+fn ip_key(ip: IpAddr) -> String {
+    match client_net(ip) {
+        IpAddr::V6(net) => format!("ip:{net}/64"),
+        v4 => format!("ip:{v4}"),
+    }
+}
+
+/// The rate-limit key of a request: what its budget is kept per. Identities are namespaced by
+/// the credential they came from, so a JWT `sub` that spells a certificate's DN does not share
+/// that certificate's budget.
 pub fn key_for(kind: LimitKey, caller: &Caller, ip: IpAddr) -> String {
     match kind {
-        LimitKey::Identity => match &caller.identity {
-            Some(id) => format!("id:{id}"),
-            None => format!("ip:{ip}"),
+        LimitKey::Identity => match (&caller.identity, caller.identity_factor) {
+            (Some(id), Some(f)) => format!("id:{}:{id}", f.as_str()),
+            _ => ip_key(ip),
         },
         LimitKey::Principal if !caller.principals.is_empty() => {
             format!("p:{}", caller.principals.join(","))
         }
         LimitKey::Principal => key_for(LimitKey::Identity, caller, ip),
-        LimitKey::Ip => format!("ip:{ip}"),
+        LimitKey::Ip => ip_key(ip),
         LimitKey::Route => "route".to_owned(),
     }
 }
@@ -194,16 +216,37 @@ mod tests {
         let anon = Caller::default();
         let known = Caller {
             identity: Some("CN=bob".into()),
+            identity_factor: Some(Factor::Certificate),
             principals: vec!["readers".into(), "staff".into()],
             roles: vec![],
             factors: vec![Factor::Certificate],
         };
-        assert_eq!(key_for(LimitKey::Identity, &known, ip), "id:CN=bob");
+        assert_eq!(
+            key_for(LimitKey::Identity, &known, ip),
+            "id:certificate:CN=bob"
+        );
+        let same_text_by_jwt = Caller {
+            identity_factor: Some(Factor::Jwt),
+            ..known.clone()
+        };
+        assert_eq!(
+            key_for(LimitKey::Identity, &same_text_by_jwt, ip),
+            "id:jwt:CN=bob"
+        );
         assert_eq!(key_for(LimitKey::Identity, &anon, ip), "ip:192.0.2.7");
         assert_eq!(key_for(LimitKey::Principal, &known, ip), "p:readers,staff");
         assert_eq!(key_for(LimitKey::Principal, &anon, ip), "ip:192.0.2.7");
         assert_eq!(key_for(LimitKey::Ip, &known, ip), "ip:192.0.2.7");
         assert_eq!(key_for(LimitKey::Route, &known, ip), "route");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(key_for(LimitKey::Ip, &known, mapped), "ip:192.0.2.7");
+        let v6a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(key_for(LimitKey::Ip, &known, v6a), "ip:2001:db8:1:2::/64");
+        assert_eq!(
+            key_for(LimitKey::Ip, &known, v6a),
+            key_for(LimitKey::Ip, &known, v6b)
+        );
     }
 
     #[test]

@@ -1,25 +1,28 @@
 //! Listeners, the accept loop, per-connection tasks and the graceful drain.
 //!
-//! A connection takes a permit (the `max_connections` ceiling) before it is accepted, finishes
-//! its TLS handshake under `handshake_timeout`, reads its peer certificate once, and is then
-//! served by hyper-util's auto builder (HTTP/1.1 or HTTP/2 by ALPN). On shutdown the listener
-//! closes, `/readyz` turns 503, every connection is asked to finish its in-flight requests, and
-//! the drain waits for them up to `shutdown_timeout`.
+//! A connection takes a handshake permit (`max_handshakes`) before it is accepted, finishes its
+//! TLS handshake under `handshake_timeout`, then trades that permit for a connection slot
+//! (`max_connections`): clients that never finish a handshake cannot hold the slots of
+//! connections that did. It reads its peer certificate once and is served as exactly the
+//! protocol ALPN chose (HTTP/2 for `h2`, HTTP/1.x otherwise), so the header timer cannot be
+//! dodged by speaking another protocol than the one negotiated. A watchdog per connection
+//! enforces the header, idle and send timeouts and closes it when a reload stops trusting its
+//! certificate. On shutdown the listener closes, `/readyz` turns 503, every connection is asked
+//! to finish its in-flight requests, and the drain waits for them up to `shutdown_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigErrors, Limits};
-use crate::gateway::{Connection, GatewayService, Shared, State};
+use crate::gateway::{Connection, ConnectionSlot, GatewayService, Shared, State};
 use crate::identity::PeerCert;
 use crate::metrics::ReasonLabel;
 use crate::observability::{Activity, ActivityIo};
@@ -116,7 +119,10 @@ impl Gateway {
         } = self;
         let limits = shared.state.load().config.limits.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let slots = Slots {
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+        };
 
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, shared.clone(), stop_rx.clone()));
@@ -136,7 +142,7 @@ impl Gateway {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "portcullis is serving");
 
         tokio::select! {
-            () = accept_loop(&listener, &shared, &permits, &stop_rx) => {}
+            () = accept_loop(&listener, &shared, &slots, &stop_rx) => {}
             () = shutdown => {}
         }
 
@@ -145,10 +151,12 @@ impl Gateway {
         drop(listener);
         shared.ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
-        let open = limits.max_connections - permits.available_permits();
+        let open = limits.max_connections - slots.connections.available_permits();
         tracing::info!(open_connections = open, timeout = ?limits.shutdown_timeout, "draining");
         let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-        match tokio::time::timeout(limits.shutdown_timeout, permits.acquire_many(all)).await {
+        match tokio::time::timeout(limits.shutdown_timeout, slots.connections.acquire_many(all))
+            .await
+        {
             Ok(_) => tracing::info!("drained; exiting"),
             Err(_) => {
                 tracing::warn!("shutdown_timeout reached with connections still open; exiting")
@@ -157,16 +165,24 @@ impl Gateway {
     }
 }
 
+/// The two ceilings: TLS handshakes in progress, and established connections.
+#[derive(Clone)]
+struct Slots {
+    handshakes: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+}
+
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    permits: &Arc<Semaphore>,
+    slots: &Slots,
     stop: &watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Take the permit first: at the ceiling, new connections wait in the kernel backlog.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        // Take the handshake permit first: at the ceiling, new connections wait in the kernel
+        // backlog.
+        let Ok(handshake) = slots.handshakes.clone().acquire_owned().await else {
             return;
         };
         let (tcp, remote) = match listener.accept().await {
@@ -184,11 +200,9 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let stop = stop.clone();
+        let connections = slots.connections.clone();
         tokio::spawn(async move {
-            shared.metrics.open_connections.inc();
-            serve_connection(&shared, tcp, remote, stop).await;
-            shared.metrics.open_connections.dec();
-            drop(permit);
+            serve_connection(&shared, tcp, remote, handshake, connections, stop).await;
         });
     }
 }
@@ -197,9 +211,13 @@ async fn serve_connection(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     remote: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+    connections: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d; they are IPv4 everywhere.
+    let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
     let state = shared.state.load_full();
     let limits: Limits = state.config.limits.clone();
     let acceptor = TlsAcceptor::from(state.tls.clone());
@@ -224,68 +242,191 @@ async fn serve_connection(
             );
         }
     };
-    let cert = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(der) => match PeerCert::from_der(der) {
-            Ok(c) => Some(c),
+    let session = tls.get_ref().1;
+    let cert = match session.peer_certificates() {
+        Some(chain) if !chain.is_empty() => match PeerCert::from_der(&chain[0]) {
+            Ok(c) => Some((c, chain.iter().map(|c| c.clone().into_owned()).collect())),
             Err(e) => return handshake_failed(shared, remote, "bad_certificate", &e.to_string()),
         },
-        None => None,
+        _ => None,
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let activity = Arc::new(Activity::default());
-    let conn = Arc::new(Connection::new(remote, cert, activity.clone()));
-    let service = GatewayService::new(shared.clone(), conn);
+    let h2 = session.alpn_protocol() == Some(b"h2");
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's own header timer also runs while a keep-alive connection waits for its next
-        // request, which would make header_timeout cap idle_timeout; the watchdog below
-        // starts the header clock at the first byte of a head instead.
-        .header_read_timeout(None)
-        // hyper answers 431 itself past this; smaller heads over the limit get our JSON 431.
-        .max_buf_size((limits.max_header_bytes + 4096).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128);
-    let io = TokioIo::new(ActivityIo::new(tls, activity.clone()));
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-
-    let check_every = (limits.idle_timeout.min(limits.header_timeout) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut draining = *stop.borrow();
-    if draining {
-        connection.as_mut().graceful_shutdown();
+    // A connection slot, waited for while the handshake permit is still held, so connections
+    // waiting for a slot stay bounded too.
+    let permit = tokio::select! {
+        p = connections.acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+        _ = stop.wait_for(|draining| *draining) => return,
+    };
+    drop(handshake);
+    if *stop.borrow() {
+        return;
     }
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %remote, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            changed = stop.changed(), if !draining => {
-                if changed.is_err() || *stop.borrow() {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-            () = tokio::time::sleep(check_every) => {
-                // Slow-loris guard (HTTP/1): a head that is not complete in time closes the
-                // connection outright; there is no request to answer yet.
-                if !h2 && activity.head_pending_for().is_some_and(|d| d >= limits.header_timeout) {
-                    tracing::debug!(peer = %remote, "request head not received within header_timeout");
+    let slot = ConnectionSlot::new(permit, shared.metrics.clone());
+    let activity = Arc::new(Activity::default());
+    let conn = Arc::new(Connection::new(
+        remote,
+        cert,
+        activity.clone(),
+        Some(slot),
+        stop.clone(),
+    ));
+    let service = GatewayService::new(shared.clone(), conn.clone());
+    let io = TokioIo::new(ActivityIo::new(tls, activity));
+    let watch = Watchdog {
+        shared,
+        conn: &conn,
+        limits: &limits,
+        h2,
+        stop,
+    };
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(128);
+        watch.drive(builder.serve_connection(io, service)).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // hyper's own header timer also runs while a keep-alive connection waits for its
+            // next request, which would make header_timeout cap idle_timeout; the watchdog
+            // starts the header clock at the first byte of a head instead.
+            .header_read_timeout(None)
+            // hyper answers 431 itself past this; smaller heads over the limit get our JSON 431.
+            .max_buf_size((limits.max_header_bytes + 4096).max(8192));
+        watch
+            .drive(builder.serve_connection(io, service).with_upgrades())
+            .await;
+    }
+}
+
+/// A served connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// One connection's timers and its reaction to drains and reloads.
+struct Watchdog<'a> {
+    shared: &'a Arc<Shared>,
+    conn: &'a Arc<Connection>,
+    limits: &'a Limits,
+    h2: bool,
+    stop: watch::Receiver<bool>,
+}
+
+impl Watchdog<'_> {
+    async fn drive(mut self, connection: impl Graceful) {
+        tokio::pin!(connection);
+        let remote = self.conn.remote;
+        let limits = self.limits;
+        let activity = &self.conn.activity;
+        let metrics = &self.shared.metrics;
+        let tick = (limits
+            .idle_timeout
+            .min(limits.header_timeout)
+            .min(limits.send_timeout)
+            / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut draining = *self.stop.borrow();
+        // When a connection asked to finish for a timeout (not for the drain, which has its
+        // own deadline) is closed outright if it has not finished: a client may never take
+        // the last bytes, or never acknowledge an HTTP/2 GOAWAY's PING.
+        let mut closing: Option<Instant> = None;
+        if draining {
+            connection.as_mut().graceful();
+        }
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %remote, error = %e, "connection ended with an error");
+                    }
                     return;
                 }
-                if !draining && activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
-                    tracing::debug!(peer = %remote, "closing idle connection");
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
+                changed = self.stop.changed(), if !draining => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        draining = true;
+                        connection.as_mut().graceful();
+                    }
+                }
+                () = self.conn.close.notified() => {
+                    metrics.connection_closed("revoked");
+                    return;
+                }
+                () = tokio::time::sleep(tick) => {
+                    // A reload revoked the certificate, or no longer trusts its CA.
+                    if !self.conn.still_trusted(self.shared) {
+                        metrics.connection_closed("revoked");
+                        return;
+                    }
+                    // Slow-loris guard: a request head (HTTP/1) or a first request (either
+                    // protocol) not complete in time. HTTP/1 has no request to answer yet, so
+                    // the connection closes outright; HTTP/2 gets a GOAWAY.
+                    if closing.is_none()
+                        && activity.head_pending_for().is_some_and(|d| d >= limits.header_timeout)
+                    {
+                        tracing::debug!(peer = %remote, "request head not received within header_timeout");
+                        metrics.connection_closed("header_timeout");
+                        if !self.h2 {
+                            return;
+                        }
+                        closing = Some(Instant::now() + limits.header_timeout);
+                        connection.as_mut().graceful();
+                    }
+                    // A client that stopped reading what it asked for.
+                    if activity.send_stalled_for().is_some_and(|d| d >= limits.send_timeout) {
+                        tracing::debug!(peer = %remote, "client took no response bytes within send_timeout");
+                        metrics.connection_closed("send_timeout");
+                        return;
+                    }
+                    if !draining
+                        && closing.is_none()
+                        && activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout)
+                    {
+                        tracing::debug!(peer = %remote, "closing idle connection");
+                        metrics.connection_closed("idle_timeout");
+                        closing = Some(Instant::now() + limits.send_timeout);
+                        connection.as_mut().graceful();
+                    }
+                    // A graceful close whose last bytes the client never takes (HTTP/2 can
+                    // hold them back in flow control, out of the gateway's sight).
+                    if closing.is_some_and(|deadline| Instant::now() >= deadline) {
+                        tracing::debug!(peer = %remote, "graceful close did not finish in time");
+                        return;
+                    }
                 }
             }
         }

@@ -35,11 +35,18 @@ pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Builds the listener's rustls configuration.
+/// The client-certificate verifier of one snapshot, kept so that connections opened under an
+/// older snapshot can be checked again when CRLs or the CA bundle change.
+pub type ClientVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// Builds the listener's rustls configuration, and its client verifier (none with
+/// `client_auth: off`).
 ///
 /// # Errors
 /// Every unreadable, empty or invalid file, each reported at the key that named it.
-pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), ConfigErrors> {
+pub fn server_config(
+    config: &Config,
+) -> Result<(Arc<ServerConfig>, Expiries, Option<ClientVerifier>), ConfigErrors> {
     let mut p = Problems::new(config.path.display().to_string());
     let mut expiries = Expiries::default();
     let t = &config.tls;
@@ -136,8 +143,8 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), C
                 return Err(fail(p));
             }
         };
-    let builder = match verifier {
-        Some(v) => builder.with_client_cert_verifier(v),
+    let builder = match &verifier {
+        Some(v) => builder.with_client_cert_verifier(v.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut server = match builder.with_single_cert(chain, key) {
@@ -155,7 +162,7 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Expiries), C
         }
     };
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((Arc::new(server), expiries))
+    Ok((Arc::new(server), expiries, verifier))
 }
 
 fn fail(p: Problems) -> ConfigErrors {

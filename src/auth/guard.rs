@@ -1,9 +1,12 @@
 //! The brute-force guard: failed authentications counted per client IP (`auth_failures`).
 //!
-//! A GCRA per IP, in a bounded, sharded table. It is checked *before* a credential is verified,
-//! so a blocked IP learns nothing from further guesses (a right password gets 429 too) and
-//! costs no argon2 work. governor has no way to look at a key's state without spending a cell,
-//! which this check needs, hence this small table.
+//! A GCRA per client network (an IPv4 address, or an IPv6 /64), in a bounded, sharded table.
+//! Every attempt *reserves* one failure before its credential is verified and gives it back
+//! when the credential turns out good. So a burst of concurrent guesses cannot all pass the
+//! check while their verifications are still running: at most `burst` attempts are ever in
+//! flight or failed at once, a blocked client learns nothing from further guesses (a right
+//! password gets 429 too), and it costs no argon2 work. governor cannot give a cell back,
+//! which this needs, hence this small table.
 //!
 //! Memory is bounded: each shard holds at most `MAX_KEYS / SHARDS` IPs. Entries whose budget
 //! has refilled are dropped when a shard is full; if a shard is still full (a flood of failing
@@ -16,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::AuthFailureLimit;
+use crate::ratelimit::client_net;
 
 /// Most IPs tracked at once.
 pub const MAX_KEYS: usize = 100_000;
@@ -55,34 +59,44 @@ impl AuthGuard {
         &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
     }
 
-    /// `Some(wait)` when `ip` has spent its budget and must wait before trying again.
-    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let shard = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        let tat = *shard.get(&ip)?;
-        let limit = now + self.tolerance;
-        (tat > limit).then(|| tat - limit)
-    }
-
-    /// Records a failed attempt. Returns `Some(wait)` when the attempt did not fit the budget
-    /// (concurrent attempts raced past [`AuthGuard::blocked`]), or when the table is full and
-    /// `ip` cannot be tracked (fail closed). `burst` failures in a row are answered normally;
-    /// the next attempt is blocked.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let mut shard = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        if !shard.contains_key(&ip) && shard.len() >= self.per_shard {
+    /// Reserves one failure for an attempt from `ip` before its credential is verified.
+    /// Give it back with [`AuthGuard::refund`] when the credential is good; a failed attempt
+    /// simply keeps it.
+    ///
+    /// # Errors
+    /// How long to wait, when the budget is spent (by failures and attempts still being
+    /// verified), or when the table is full and `ip` cannot be tracked (fail closed).
+    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let net = client_net(ip);
+        let mut shard = self.shard(&net).lock().unwrap_or_else(|p| p.into_inner());
+        if !shard.contains_key(&net) && shard.len() >= self.per_shard {
             shard.retain(|_, tat| *tat > now);
             if shard.len() >= self.per_shard {
-                return Some(self.interval);
+                return Err(self.interval);
             }
         }
-        let tat = shard.entry(ip).or_insert(now);
+        let tat = shard.entry(net).or_insert(now);
         let start = (*tat).max(now);
         let limit = now + self.tolerance;
         if start > limit {
-            return Some(start - limit);
+            return Err(start - limit);
         }
         *tat = start + self.interval;
-        None
+        Ok(())
+    }
+
+    /// Gives back a reservation whose credential was good.
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        let net = client_net(ip);
+        let mut shard = self.shard(&net).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tat) = shard.get_mut(&net) {
+            match tat.checked_sub(self.interval) {
+                Some(t) if t > now => *tat = t,
+                _ => {
+                    shard.remove(&net);
+                }
+            }
+        }
     }
 
     /// Drops entries whose budget has fully refilled; run on a timer.
@@ -121,30 +135,51 @@ mod tests {
     }
 
     #[test]
-    fn allows_burst_failures_then_blocks_until_refill() {
+    fn reservations_cap_attempts_in_flight_and_good_ones_are_refunded() {
         let g = AuthGuard::new(limit(10, 60, 3));
         let ip: IpAddr = [10, 0, 0, 1].into();
         let t0 = Instant::now();
-        assert_eq!(g.blocked(ip, t0), None);
+        // Three attempts may be in flight at once; a fourth waits for one of them.
         for _ in 0..3 {
-            assert_eq!(
-                g.record_failure(ip, t0),
-                None,
-                "burst failures are answered normally"
-            );
+            assert_eq!(g.reserve(ip, t0), Ok(()));
         }
-        let wait = g.blocked(ip, t0).expect("blocked after the burst");
+        let wait = g
+            .reserve(ip, t0)
+            .expect_err("a fourth concurrent attempt is refused");
         assert!(
             wait <= Duration::from_secs(6) && wait > Duration::ZERO,
             "{wait:?}"
         );
-        assert_eq!(
-            g.blocked(ip, t0 + wait),
-            None,
-            "one failure refills after the interval"
-        );
+        // One of them was good: its reservation comes back.
+        g.refund(ip, t0);
+        assert_eq!(g.reserve(ip, t0), Ok(()));
+        assert!(g.reserve(ip, t0).is_err());
+        // Refill: one failure's worth after the interval.
+        assert_eq!(g.reserve(ip, t0 + wait), Ok(()));
         let other: IpAddr = [10, 0, 0, 2].into();
-        assert_eq!(g.blocked(other, t0), None, "budgets are per IP");
+        assert_eq!(g.reserve(other, t0), Ok(()), "budgets are per client");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64_and_mapped_ipv4_is_ipv4() {
+        let g = AuthGuard::new(limit(1, 60, 2));
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:5:6::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:5:6:ffff::2".parse().unwrap();
+        assert_eq!(g.reserve(a, t0), Ok(()));
+        assert_eq!(g.reserve(b, t0), Ok(()));
+        assert!(
+            g.reserve(a, t0).is_err(),
+            "another address in the /64 spends the same budget"
+        );
+        let v4: IpAddr = [192, 0, 2, 1].into();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(g.reserve(v4, t0), Ok(()));
+        assert_eq!(g.reserve(mapped, t0), Ok(()));
+        assert!(
+            g.reserve(v4, t0).is_err(),
+            "a mapped address is the IPv4 address"
+        );
     }
 
     #[test]
@@ -154,7 +189,7 @@ mod tests {
         let mut refused = 0;
         for i in 0..200u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            if g.record_failure(ip, t0).is_some() {
+            if g.reserve(ip, t0).is_err() {
                 refused += 1;
             }
         }

@@ -239,6 +239,8 @@ pub struct RawForward {
     pub headers: Option<Sp<RawForwardHeaders>>,
     pub x_forwarded: Option<Sp<bool>>,
     pub credentials: Option<Sp<bool>>,
+    pub underscore_headers: Option<Sp<String>>,
+    pub trusted_client_headers: Option<Sp<Vec<Sp<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,7 +263,11 @@ pub struct RawLimits {
     pub header_timeout: Option<Sp<String>>,
     pub handshake_timeout: Option<Sp<String>>,
     pub idle_timeout: Option<Sp<String>>,
+    pub send_timeout: Option<Sp<String>>,
+    pub websocket_idle_timeout: Option<Sp<String>>,
     pub max_connections: Option<Sp<u64>>,
+    pub max_handshakes: Option<Sp<u64>>,
+    pub path_parameters: Option<Sp<String>>,
     pub shutdown_timeout: Option<Sp<String>>,
 }
 

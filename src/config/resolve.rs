@@ -17,9 +17,9 @@ use super::{
     AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
     CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, Expectation,
     FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec, LimitStore,
-    Limits, LogFormat, LoggingSettings, OnStoreError, Pos, Principal, PrincipalMatcher, Problems,
-    RateLimitSettings, RouteMatch, RouteSettings, Secret, TestCase, TestRequest, TlsSettings,
-    TlsVersion, UpstreamSettings,
+    Limits, LogFormat, LoggingSettings, OnStoreError, PathParameters, Pos, Principal,
+    PrincipalMatcher, Problems, RateLimitSettings, RouteMatch, RouteSettings, Secret, TestCase,
+    TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -48,6 +48,7 @@ pub(super) fn resolve(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         base,
         file: file.clone(),
         warnings: Vec::new(),
+        protected_headers: Vec::new(),
     };
     let config = r.config(raw, path).map(|mut c| {
         c.warnings = std::mem::take(&mut r.warnings);
@@ -146,6 +147,9 @@ struct Resolver {
     base: PathBuf,
     file: String,
     warnings: Vec<String>,
+    /// Headers the gateway sets or consumes (identity, credential): `when.headers` may not
+    /// name them, since a condition would otherwise read a client's forged copy.
+    protected_headers: Vec<HeaderName>,
 }
 
 impl Resolver {
@@ -194,6 +198,20 @@ impl Resolver {
             .as_ref()
             .and_then(|r| r.value.default.as_ref())
             .and_then(|d| self.limit_spec(d, "rate_limits.default"));
+        // Forward and credential headers first: route conditions are checked against them.
+        let forward = self.forward(raw.forward.as_ref());
+        let api_key_header = self.header_name(
+            raw.api_keys.as_ref().and_then(|a| a.value.header.as_ref()),
+            "api_keys.header",
+            "x-api-key",
+        );
+        if let Some(f) = &forward {
+            self.protected_headers = crate::proxy::headers::identity_header_names(f)
+                .into_iter()
+                .chain([http::header::AUTHORIZATION])
+                .chain(api_key_header.clone())
+                .collect();
+        }
         let routes = self.routes(
             raw.routes.as_ref(),
             &upstreams,
@@ -201,15 +219,10 @@ impl Resolver {
             &principals,
             default_limit,
         );
-        let forward = self.forward(raw.forward.as_ref());
         let limits = self.limits(raw.limits.as_ref());
         let logging = self.logging(raw.logging.as_ref());
         let api_keys = ApiKeySettings {
-            header: self.header_name(
-                raw.api_keys.as_ref().and_then(|a| a.value.header.as_ref()),
-                "api_keys.header",
-                "x-api-key",
-            )?,
+            header: api_key_header?,
         };
         let jwt = match &raw.jwt {
             Some(j) => Some(self.jwt(j)?),
@@ -704,7 +717,22 @@ impl Resolver {
         };
         let path = self.string(path, &format!("{key}.path"))?;
         let host = match &r.host {
-            Some(h) => Some(self.string(h, &format!("{key}.host"))?.to_ascii_lowercase()),
+            Some(h) => {
+                let text = self.string(h, &format!("{key}.host"))?;
+                match crate::gateway::parse_host(&text) {
+                    Some(parsed) => Some(parsed.name),
+                    None => {
+                        self.p.push(
+                            pos(h),
+                            format!("{key}.host"),
+                            format!(
+                                "{text:?} is not a valid host (the gateway answers it with 400)"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
             None => None,
         };
         let cert = r.cert.as_ref().map(|c| {
@@ -1748,6 +1776,21 @@ impl Resolver {
             let mut list = Vec::new();
             for (name, globs) in &headers.value {
                 match HeaderName::try_from(name.to_ascii_lowercase()) {
+                    Ok(h)
+                        if self.protected_headers.contains(&h)
+                            || crate::proxy::headers::is_forwarding(h.as_str()) =>
+                    {
+                        self.p.push(
+                            pos(headers),
+                            format!("{key}.headers.{name}"),
+                            format!(
+                                "{name:?} is set or removed by the gateway (identity, credential or \
+                                 forwarding header), so a condition on it would read what the \
+                                 client sent; use allow.roles, when.cert or when.claims instead"
+                            ),
+                        );
+                        ok = false;
+                    }
                     Ok(h) => list.push((h, globs.0.iter().map(|g| Glob::new(g, false)).collect())),
                     Err(_) => {
                         self.p.push(
@@ -1776,6 +1819,18 @@ impl Resolver {
             &[("xfcc", CertFormat::Xfcc), ("rfc9440", CertFormat::Rfc9440)],
             CertFormat::Xfcc,
         );
+        let underscore_headers = self.keyword(
+            f.and_then(|f| f.underscore_headers.as_ref()),
+            "forward.underscore_headers",
+            &[
+                ("allow", UnderscoreHeaders::Allow),
+                ("drop", UnderscoreHeaders::Drop),
+                ("reject", UnderscoreHeaders::Reject),
+            ],
+            UnderscoreHeaders::Allow,
+        );
+        let trusted_client_headers =
+            self.trusted_client_headers(f.and_then(|f| f.trusted_client_headers.as_ref()));
         let default_cert_header = match client_cert_format {
             Some(CertFormat::Rfc9440) => "client-cert",
             _ => "x-forwarded-client-cert",
@@ -1818,7 +1873,45 @@ impl Resolver {
             credentials: f
                 .and_then(|f| f.credentials.as_ref())
                 .is_some_and(|v| v.value),
+            underscore_headers: underscore_headers?,
+            trusted_client_headers: trusted_client_headers?,
         })
+    }
+
+    fn trusted_client_headers(
+        &mut self,
+        list: Option<&Sp<Vec<Sp<String>>>>,
+    ) -> Option<Vec<HeaderName>> {
+        let Some(list) = list else {
+            return Some(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, (name, at)) in self
+            .strings(list, "forward.trusted_client_headers")
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("forward.trusted_client_headers[{i}]");
+            match HeaderName::try_from(name.to_ascii_lowercase()) {
+                Ok(h) if crate::proxy::headers::is_forwarding(h.as_str()) => out.push(h),
+                _ => {
+                    self.p.push(
+                        at,
+                        key,
+                        format!(
+                            "{name:?} is not a forwarding header; expected one of forwarded, \
+                             x-forwarded-*, x-real-ip, x-original-url, x-original-uri, \
+                             x-rewrite-url, x-http-method-override, x-http-method, \
+                             x-method-override, x-client-ip, true-client-ip, client-ip, \
+                             x-cluster-client-ip"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn limits(&mut self, raw: Option<&Sp<raw::RawLimits>>) -> Option<Limits> {
@@ -1848,6 +1941,36 @@ impl Resolver {
             "limits.idle_timeout",
             Duration::from_secs(60),
         );
+        let send_timeout = self.duration(
+            l.and_then(|l| l.send_timeout.as_ref()),
+            "limits.send_timeout",
+            Duration::from_secs(60),
+        );
+        let websocket_idle_timeout = match l.and_then(|l| l.websocket_idle_timeout.as_ref()) {
+            Some(v) => self.duration(Some(v), "limits.websocket_idle_timeout", Duration::ZERO),
+            None => idle_timeout,
+        };
+        let path_parameters = self.keyword(
+            l.and_then(|l| l.path_parameters.as_ref()),
+            "limits.path_parameters",
+            &[
+                ("allow", PathParameters::Allow),
+                ("reject", PathParameters::Reject),
+            ],
+            PathParameters::Allow,
+        );
+        let max_handshakes = match l.and_then(|l| l.max_handshakes.as_ref()) {
+            Some(v) if v.value == 0 || v.value > 100_000 => {
+                self.p.push(
+                    pos(v),
+                    "limits.max_handshakes",
+                    format!("must be between 1 and 100000, got {}", v.value),
+                );
+                None
+            }
+            Some(v) => Some(v.value as usize),
+            None => Some(1024),
+        };
         let shutdown_timeout = self.duration(
             l.and_then(|l| l.shutdown_timeout.as_ref()),
             "limits.shutdown_timeout",
@@ -1886,7 +2009,11 @@ impl Resolver {
             header_timeout: header_timeout?,
             handshake_timeout: handshake_timeout?,
             idle_timeout: idle_timeout?,
+            send_timeout: send_timeout?,
+            websocket_idle_timeout: websocket_idle_timeout?,
             max_connections: max_connections?,
+            max_handshakes: max_handshakes?,
+            path_parameters: path_parameters?,
             shutdown_timeout: shutdown_timeout?,
         })
     }

@@ -15,6 +15,10 @@ pub enum PathError {
     EncodedSeparator,
     /// A raw backslash, which some upstreams treat as `/`.
     Backslash,
+    /// A dot segment with `;` parameters (`/..;/`): Tomcat and Spring resolve it as `..`.
+    DotSegmentParameters,
+    /// A `;` in the path while `limits.path_parameters` is `reject`.
+    Semicolon,
 }
 
 impl fmt::Display for PathError {
@@ -24,6 +28,8 @@ impl fmt::Display for PathError {
             PathError::BadPercentEncoding => "bad percent-encoding in path",
             PathError::EncodedSeparator => "encoded / or \\ in path",
             PathError::Backslash => "backslash in path",
+            PathError::DotSegmentParameters => "dot segment with ; parameters in path",
+            PathError::Semicolon => "; in path",
         })
     }
 }
@@ -42,7 +48,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: nothing to decode or collapse.
-    if !bytes.iter().any(|b| matches!(b, b'%' | b'\\')) && !has_dot_or_empty_segment(raw) {
+    if !bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b';')) && !has_dot_or_empty_segment(raw) {
         return Ok(raw.to_owned());
     }
     let mut decoded = String::with_capacity(raw.len());
@@ -81,7 +87,39 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
             }
         }
     }
+    check_dot_parameters(&decoded)?;
     Ok(remove_dot_segments(&decoded))
+}
+
+/// Refuses `..;x`, `.;`, `..%3B`: a dot segment once its parameters are removed, which Tomcat
+/// and Spring resolve as a dot segment, so a prefix rule would see another path than they do.
+fn check_dot_parameters(path: &str) -> Result<(), PathError> {
+    if !path.contains(';') && !path.contains("%3B") {
+        return Ok(());
+    }
+    for seg in path.split('/') {
+        let base = seg.split(';').next().unwrap_or(seg);
+        let base = base.split("%3B").next().unwrap_or(base);
+        if base.len() != seg.len() && (base == "." || base == "..") {
+            return Err(PathError::DotSegmentParameters);
+        }
+    }
+    Ok(())
+}
+
+/// The form routes are matched against: a normalized path with each segment's `;` parameters
+/// removed, as Tomcat and Spring resolve it (`/admin;x/users` is `/admin/users` to them, so it
+/// must meet the admin rule). Borrowed when there are none, which is nearly always.
+pub fn match_form(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut stripped = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        stripped.push('/');
+        stripped.push_str(seg.split(';').next().unwrap_or(seg));
+    }
+    std::borrow::Cow::Owned(remove_dot_segments(&stripped))
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -168,9 +206,28 @@ mod tests {
             ("/a\\b", PathError::Backslash),
             ("/a%zz", PathError::BadPercentEncoding),
             ("/a%4", PathError::BadPercentEncoding),
+            ("/public/..;/admin/x", PathError::DotSegmentParameters),
+            ("/public/%2e%2e;/admin/x", PathError::DotSegmentParameters),
+            ("/public/..%3b/admin/x", PathError::DotSegmentParameters),
+            ("/public/.;x/admin", PathError::DotSegmentParameters),
         ];
         for (input, want) in bad {
             assert_eq!(normalize_path(input), Err(want), "input {input:?}");
         }
+    }
+
+    #[test]
+    fn parameters_are_removed_for_matching_only() {
+        assert_eq!(
+            normalize_path("/a;jsessionid=1/b").as_deref(),
+            Ok("/a;jsessionid=1/b")
+        );
+        assert_eq!(match_form("/admin;x/users"), "/admin/users");
+        assert_eq!(match_form("/a/;x/b;y"), "/a/b");
+        assert_eq!(match_form("/plain/path"), "/plain/path");
+        assert!(matches!(
+            match_form("/plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -2,13 +2,14 @@
 //! response body that reports its byte count and end to the access log.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::observability::RequestLog;
+use crate::observability::{Activity, RequestLog};
 
 /// The boxed error type of bodies crossing the gateway.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -79,11 +80,15 @@ impl Body for LimitedBody {
 }
 
 /// A response body that counts the bytes sent and writes the access log line when the body
-/// ends or is dropped (client gone), so the log has the real byte count and duration.
+/// ends or is dropped (client gone), so the log has the real byte count and duration. It also
+/// tells the connection's [`Activity`] when data waits for the client, for `send_timeout`.
 pub struct TrackedBody {
     inner: ResponseBody,
     bytes: u64,
     log: Option<RequestLog>,
+    activity: Arc<Activity>,
+    /// The last poll produced data that the client has not asked to follow yet.
+    waiting: bool,
 }
 
 impl TrackedBody {
@@ -92,7 +97,9 @@ impl TrackedBody {
         TrackedBody {
             inner,
             bytes: 0,
+            activity: log.activity.clone(),
             log: Some(log),
+            waiting: false,
         }
     }
 }
@@ -105,11 +112,15 @@ impl Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let had_waiting = std::mem::take(&mut self.waiting);
+        self.activity.body_polled(had_waiting);
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.bytes += d.len() as u64;
+                    self.waiting = true;
+                    self.activity.body_yielded();
                 }
             }
             Poll::Ready(None) => self.finish(),
@@ -143,6 +154,9 @@ impl TrackedBody {
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
+        if self.waiting {
+            self.activity.body_dropped();
+        }
         self.finish();
     }
 }

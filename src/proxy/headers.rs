@@ -6,7 +6,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{CertFormat, ForwardSettings};
+use crate::config::{CertFormat, ForwardSettings, UnderscoreHeaders};
 use crate::identity::PeerCert;
 use crate::policy::Caller;
 
@@ -48,21 +48,101 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes every client-sent copy of the identity headers, whatever the configured format.
-pub fn strip_identity(headers: &mut HeaderMap, f: &ForwardSettings) {
-    for name in [
-        &f.identity,
-        &f.principals,
-        &f.roles,
-        &f.factors,
-        &f.client_cert,
-    ] {
+/// Client-sent headers through which frameworks learn the client's address, the original URL
+/// or the "real" method. The gateway removes every client copy (unless listed in
+/// `forward.trusted_client_headers`) and sets its own `X-Forwarded-*` when `x_forwarded` is on.
+const FORWARDING: [&str; 12] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-client-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Whether a (lower-case, `-`-separated) header name is a forwarding header.
+pub fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || FORWARDING.contains(&name)
+}
+
+/// The identity headers the gateway sets, plus both certificate encodings, so switching the
+/// format cannot leave a forged header of the other kind behind.
+pub fn identity_header_names(f: &ForwardSettings) -> Vec<HeaderName> {
+    vec![
+        f.identity.clone(),
+        f.principals.clone(),
+        f.roles.clone(),
+        f.factors.clone(),
+        f.client_cert.clone(),
+        HeaderName::from_static("x-forwarded-client-cert"),
+        HeaderName::from_static("client-cert"),
+    ]
+}
+
+/// A request refused by `forward.underscore_headers: reject`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnderscoreRejected;
+
+/// Removes what a client may not send upstream, before anything reads the headers:
+/// - copies of the identity headers, whatever their case;
+/// - forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`, method
+///   overrides, ...) not listed in `forward.trusted_client_headers`;
+/// - `_` twins (`x_client_id`) of every identity, credential, request-id and forwarding
+///   header, whatever `underscore_headers` says: CGI, WSGI, PHP and Rack fold `_` and `-`
+///   into one variable, so a twin could shadow the verified header;
+/// - with `underscore_headers: drop`, every other name with `_` too.
+///
+/// # Errors
+/// With `underscore_headers: reject`, a header whose name has `_`.
+pub fn sanitize(
+    headers: &mut HeaderMap,
+    f: &ForwardSettings,
+    api_key_header: &HeaderName,
+) -> Result<(), UnderscoreRejected> {
+    // Most requests have nothing to remove: look first, allocate only when something goes.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        let remove = if n.contains('_') {
+            match f.underscore_headers {
+                UnderscoreHeaders::Reject => return Err(UnderscoreRejected),
+                UnderscoreHeaders::Drop => true,
+                UnderscoreHeaders::Allow => {
+                    let dashed = n.replace('_', "-");
+                    is_forwarding(&dashed)
+                        || is_identity(&dashed, f)
+                        || dashed == api_key_header.as_str()
+                        || dashed == f.request_id.as_str()
+                }
+            }
+        } else {
+            is_identity(n, f)
+                || (is_forwarding(n) && !f.trusted_client_headers.iter().any(|t| t == name))
+        };
+        if remove {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
         headers.remove(name);
     }
-    // Both certificate encodings are removed, so switching the format cannot leave a forged
-    // header of the other kind behind.
-    headers.remove("x-forwarded-client-cert");
-    headers.remove("client-cert");
+    Ok(())
+}
+
+fn is_identity(n: &str, f: &ForwardSettings) -> bool {
+    n == f.identity.as_str()
+        || n == f.principals.as_str()
+        || n == f.roles.as_str()
+        || n == f.factors.as_str()
+        || n == f.client_cert.as_str()
+        || n == "x-forwarded-client-cert"
+        || n == "client-cert"
 }
 
 /// The verified identity headers for a caller, encoded once (per connection and configuration
@@ -99,22 +179,34 @@ pub fn identity_headers(
     out
 }
 
-/// A header value from text that came from a certificate: control characters (which a header
-/// cannot carry) are percent-encoded rather than dropped, so two identities never collide.
+/// A header value from text that came from a certificate or a token, rendered injectively:
+/// `%`, control characters, non-ASCII bytes, and spaces at either end (which parsers trim) are
+/// percent-encoded, so two different identities never produce the same header, and one
+/// percent-decoding gives the original text back. Text needing none of that is sent as is.
 pub fn header_value(text: &str) -> HeaderValue {
-    if let Ok(v) = HeaderValue::from_str(text) {
+    let b = text.as_bytes();
+    let needs = |i: usize, c: u8| {
+        c == b'%' || !(0x20..0x7f).contains(&c) || (c == b' ' && (i == 0 || i + 1 == b.len()))
+    };
+    if !b.iter().enumerate().any(|(i, &c)| needs(i, c))
+        && let Ok(v) = HeaderValue::from_str(text)
+    {
         return v;
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for b in text.bytes() {
-        if b == b'\t' || (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
+    for (i, &c) in b.iter().enumerate() {
+        if needs(i, c) {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(c >> 4)]));
+            out.push(char::from(HEX[usize::from(c & 15)]));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push(char::from(c));
         }
     }
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Appends the client IP to X-Forwarded-For and sets X-Forwarded-Proto and -Host.
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, host: Option<&str>) {
@@ -157,8 +249,15 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(header_value("CN=a\nb").to_str().unwrap(), "CN=a%0Ab");
-        assert_eq!(header_value("plain").to_str().unwrap(), "plain");
+    fn identity_rendering_is_injective() {
+        let render = |s: &str| header_value(s).to_str().unwrap().to_owned();
+        assert_eq!(render("CN=a\nb"), "CN=a%0Ab");
+        assert_eq!(render("CN=a%0Ab"), "CN=a%250Ab");
+        assert_ne!(render("CN=a\nb"), render("CN=a%0Ab"));
+        assert_eq!(render("plain value"), "plain value");
+        assert_eq!(render(" x "), "%20x%20");
+        assert_ne!(render(" x"), render("x"));
+        assert_eq!(render("CN=Zo\u{eb}"), "CN=Zo%C3%AB");
+        assert_eq!(render("a\tb"), "a%09b");
     }
 }

@@ -6,20 +6,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::support::client::request;
+use crate::support::client::{basic, request};
 use crate::support::gateway::{yaml, yaml_with};
 use crate::support::jwt::{JwksServer, Signer, hs256, jwks, now};
 use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
 
 fn sha256_hex(key: &str) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()))
-}
-
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
 }
 
 async fn send(c: &Client, path: &str, headers: &[(&str, &str)]) -> crate::support::client::Reply {

@@ -30,6 +30,8 @@ pub enum Mode {
     Echo,
     /// Waits this long before answering.
     Delay(Duration),
+    /// Answers GETs with this many bytes.
+    Big(usize),
 }
 
 pub struct FakeUpstream {
@@ -144,6 +146,8 @@ async fn handle(
     }
     let out = if method == Method::POST || method == Method::PUT {
         body
+    } else if let Mode::Big(n) = mode {
+        Bytes::from(vec![b'x'; n])
     } else {
         Bytes::from_static(b"{\"ok\":true}")
     };

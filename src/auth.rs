@@ -136,8 +136,9 @@ struct BasicEntry {
 pub struct Authenticator {
     api_keys: Vec<ApiKeyEntry>,
     basic: Vec<BasicEntry>,
-    /// Verified for unknown users, so a wrong user costs as much as a wrong password.
-    dummy_hash: String,
+    /// The argon2 parameters of the configured hashes: an unknown user is verified against a
+    /// dummy hash with these, so a wrong user costs as much as a wrong password.
+    dummy_params: argon2::Params,
     jwt: Option<jwt::JwtVerifier>,
     argon2_slots: Arc<tokio::sync::Semaphore>,
     client_slots: ClientSlots,
@@ -202,7 +203,11 @@ impl Authenticator {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Authenticator {
             api_keys,
-            dummy_hash: dummy_hash(basic.first().map(|b| b.hash.as_str())),
+            dummy_params: basic
+                .first()
+                .and_then(|b| argon2::PasswordHash::new(&b.hash).ok())
+                .and_then(|h| argon2::Params::try_from(&h).ok())
+                .unwrap_or_default(),
             basic,
             jwt,
             argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
@@ -219,6 +224,14 @@ impl Authenticator {
     /// The JWT verifier, when `jwt:` is configured.
     pub fn jwt(&self) -> Option<&jwt::JwtVerifier> {
         self.jwt.as_ref()
+    }
+
+    /// Takes over what the previous snapshot learned at run time: the JWT key set and its
+    /// refresh task, when the key source is unchanged.
+    pub fn carry_over(&mut self, old: &Authenticator) {
+        if let (Some(new), Some(old)) = (self.jwt.as_mut(), old.jwt.as_ref()) {
+            new.carry_over(old);
+        }
     }
 
     /// Whether any Basic users are configured.
@@ -257,7 +270,14 @@ impl Authenticator {
             .basic
             .iter()
             .find(|b| b.user.as_bytes().ct_eq(user.as_bytes()).into());
-        let hash_text = entry.map_or(self.dummy_hash.as_str(), |e| e.hash.as_str());
+        let dummy;
+        let hash_text = match entry {
+            Some(e) => e.hash.as_str(),
+            None => {
+                dummy = dummy_hash(&self.dummy_params);
+                &*dummy
+            }
+        };
         let ok = argon2::PasswordHash::new(hash_text).is_ok_and(|h| {
             argon2::Argon2::default()
                 .verify_password(password.as_bytes(), &h)
@@ -362,24 +382,44 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// A hash with the same parameters as the configured ones (or argon2's defaults), of a random
-/// password, verified when the user is unknown.
-fn dummy_hash(like: Option<&str>) -> String {
+/// A hash of a random password with the given parameters, for unknown users. Made on first
+/// use (on the blocking pool, where Basic verification runs) and kept per parameter set for
+/// the life of the process: reloads neither recompute it nor block an async worker for it,
+/// and a configuration without Basic users never makes one.
+fn dummy_hash(params: &argon2::Params) -> Arc<str> {
     use argon2::password_hash::PasswordHasher;
-    let params = like
-        .and_then(|h| argon2::PasswordHash::new(h).ok())
-        .and_then(|h| argon2::Params::try_from(&h).ok())
-        .unwrap_or_default();
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    type Key = (u32, u32, u32, Option<usize>);
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<Key, Arc<str>>>> =
+        std::sync::OnceLock::new();
+    let key = (
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        params.output_len(),
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(h) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return h.clone();
+    }
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params.clone(),
+    );
     let mut salt = [0u8; 16];
     let mut secret = [0u8; 16];
     if fill_random(&mut salt).is_err() || fill_random(&mut secret).is_err() {
-        return String::new();
+        return Arc::from("");
     }
-    argon
+    let hash: Arc<str> = argon
         .hash_password_with_salt(&secret, &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+        .map(|h| Arc::from(h.to_string()))
+        .unwrap_or_else(|_| Arc::from(""));
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, hash.clone());
+    hash
 }
 
 /// Fills `buf` from the OS's secure random source (through aws-lc).
@@ -424,4 +464,25 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dummy_hash_is_made_once_per_parameter_set() {
+        let small = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let first = dummy_hash(&small);
+        assert!(
+            first.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+            "{first}"
+        );
+        assert!(
+            Arc::ptr_eq(&first, &dummy_hash(&small)),
+            "computed again for the same parameters"
+        );
+        let other = argon2::Params::new(2048, 1, 1, None).unwrap();
+        assert!(!Arc::ptr_eq(&first, &dummy_hash(&other)));
+    }
 }

@@ -121,8 +121,12 @@ pub struct UpstreamSettings {
     pub url: Uri,
     /// Deadline for the TCP connect.
     pub connect_timeout: Duration,
-    /// Deadline until the response head arrives.
+    /// Deadline for the response head, counted from the end of the request body.
     pub timeout: Duration,
+    /// A response body silent for this long is aborted.
+    pub read_timeout: Duration,
+    /// Pooled keep-alive connections unused this long are closed.
+    pub pool_idle_timeout: Duration,
 }
 
 /// One entry of `principals:`.
@@ -575,6 +579,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A response the client takes no bytes of for this long is abandoned.
     pub send_timeout: Duration,
+    /// A request body that brings no bytes for this long is answered with 408.
+    pub body_timeout: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub websocket_idle_timeout: Duration,
     /// Most client connections open at once.

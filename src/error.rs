@@ -27,6 +27,8 @@ pub enum GatewayError {
     UpstreamUnavailable,
     /// The upstream did not send a response head in time.
     UpstreamTimeout,
+    /// The client stopped sending its request body for `body_timeout`.
+    ClientTimeout,
     /// The client IP spent its failed-authentication budget; retry after this long.
     TooManyAuthFailures(std::time::Duration),
     /// The caller spent the route's rate limit.
@@ -47,6 +49,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::TooManyAuthFailures(_) | GatewayError::RateLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -73,6 +76,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "request body too large",
             GatewayError::UpstreamUnavailable => "upstream unavailable",
             GatewayError::UpstreamTimeout => "upstream timeout",
+            GatewayError::ClientTimeout => "request body timeout",
             GatewayError::TooManyAuthFailures(_) => "too many failed authentications",
             GatewayError::RateLimited(_) => "rate limited",
             GatewayError::RateLimitStoreUnavailable => "rate limit store unavailable",
@@ -84,7 +88,9 @@ impl GatewayError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            GatewayError::BadRequest { close: true, .. } | GatewayError::BodyTooLarge
+            GatewayError::BadRequest { close: true, .. }
+                | GatewayError::BodyTooLarge
+                | GatewayError::ClientTimeout
         )
     }
 
@@ -153,6 +159,7 @@ mod tests {
             (GatewayError::BodyTooLarge, 413),
             (GatewayError::UpstreamUnavailable, 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::ClientTimeout, 408),
             (GatewayError::RateLimitStoreUnavailable, 503),
             (
                 GatewayError::TooManyAuthFailures(std::time::Duration::from_millis(1500)),

@@ -79,7 +79,11 @@ impl State {
     pub fn build(config: Config) -> Result<State, ConfigErrors> {
         let (tls, expiries, verifier) = crate::tls::server_config(&config)?;
         let policy = Policy::new(&config);
-        let upstreams = config.upstreams.iter().map(Upstream::new).collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, config.limits.body_timeout))
+            .collect();
         let auth = Arc::new(Authenticator::new(&config)?);
         let ratelimits = RateLimits::new(&config);
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +98,19 @@ impl State {
             ratelimits,
             generation,
         })
+    }
+}
+
+impl State {
+    /// Takes over, from the snapshot this one replaces, the state that was learned while
+    /// serving and that the configuration did not change: rate-limit budgets of unchanged
+    /// routes and stores, and the JWT key set (with its refresh task) of an unchanged source.
+    /// (The failure guard lives beside the snapshots, in [`Shared`], for the same reason.)
+    pub fn carry_over(&mut self, old: &State) {
+        self.ratelimits.carry_over(&old.ratelimits);
+        if let Some(auth) = Arc::get_mut(&mut self.auth) {
+            auth.carry_over(&old.auth);
+        }
     }
 }
 
@@ -123,10 +140,11 @@ impl Shared {
         })
     }
 
-    /// Installs a new snapshot (reload): background key refresh starts for it, and the
+    /// Installs a new snapshot (reload): what the old one learned at run time is carried
+    /// over ([`State::carry_over`]), background key refresh starts for what is new, and the
     /// failure guard is replaced only when its limit changed.
     pub fn install(&self, mut state: State) {
-        state.ratelimits.carry_over(&self.state.load().ratelimits);
+        state.carry_over(&self.state.load());
         let old = self.state.load().config.auth_failures;
         let new = state.config.auth_failures;
         if (old.rate, old.per, old.burst) != (new.rate, new.per, new.burst) {
@@ -327,6 +345,7 @@ impl GatewayService {
             method: req.method().clone(),
             path: String::new(),
             route: None,
+            upstream: None,
             status: 0,
             upstream_status: None,
             decision: "allow",
@@ -334,6 +353,7 @@ impl GatewayService {
             access_log: state.config.logging.access_log,
             metrics: self.shared.metrics.clone(),
             activity: self.conn.activity.clone(),
+            finished: false,
         };
         // A reload revoked the certificate this connection was opened with: no further
         // response (HTTP/1.1 closes; the connection task closes HTTP/2 too). Logged as nginx
@@ -557,6 +577,7 @@ impl GatewayService {
         let upstream_req =
             Request::from_parts(parts, LimitedBody::new(body, config.limits.max_body_bytes));
 
+        log.upstream = Some(upstream.name.clone());
         match upstream.send(upstream_req, client_upgrade.is_some()).await {
             Ok((mut resp, upstream_upgrade)) => {
                 log.upstream_status = Some(resp.status().as_u16());
@@ -574,7 +595,7 @@ impl GatewayService {
                         .metrics
                         .upstream_errors
                         .get_or_create(&UpstreamKind {
-                            upstream: upstream.name.clone(),
+                            upstream: upstream.name.to_string(),
                             kind: kind.as_str().to_owned(),
                         })
                         .inc();

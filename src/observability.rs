@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::Method;
@@ -62,6 +62,8 @@ pub struct Activity {
     bodies_waiting: AtomicUsize,
     /// The last time any response body was asked for data.
     body_progress_ms: AtomicU64,
+    /// The gateway is draining: a response cut off now was cut by `shutdown_timeout`.
+    draining: AtomicBool,
 }
 
 const NONE: u64 = u64::MAX;
@@ -76,6 +78,7 @@ impl Default for Activity {
             write_blocked_ms: AtomicU64::new(NONE),
             bodies_waiting: AtomicUsize::new(0),
             body_progress_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -120,6 +123,11 @@ impl Activity {
         Some(std::time::Duration::from_millis(
             self.now_ms().saturating_sub(last),
         ))
+    }
+
+    /// The gateway started draining this connection.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// A socket write could not proceed (`blocked`) or did.
@@ -256,7 +264,8 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ActivityIo<T> {
     }
 }
 
-/// What one request did; finished once, when its response body ends.
+/// What one request did; finished exactly once: when its response body ends, breaks or is
+/// dropped, or (dropped itself) when the request was abandoned before a response.
 #[derive(Debug)]
 pub struct RequestLog {
     /// When the request head was received.
@@ -275,13 +284,16 @@ pub struct RequestLog {
     pub path: String,
     /// The matched route.
     pub route: Option<String>,
-    /// Status sent to the client.
+    /// The upstream the request went to, once forwarded.
+    pub upstream: Option<Arc<str>>,
+    /// Status of the exchange: as sent, or 499 (the client went away first), 502 (the
+    /// upstream body broke off), 503 (cut off by the drain).
     pub status: u16,
     /// Status the upstream sent, when it answered.
     pub upstream_status: Option<u16>,
-    /// `allow`, or why the request was stopped.
+    /// `allow`, or why the request was stopped or did not complete.
     pub decision: &'static str,
-    /// The upstream body broke mid-stream.
+    /// The upstream body broke mid-stream or went silent past `read_timeout`.
     pub upstream_aborted: bool,
     /// Whether to write the access log line.
     pub access_log: bool,
@@ -289,11 +301,49 @@ pub struct RequestLog {
     pub metrics: Arc<Metrics>,
     /// The connection's activity tracker.
     pub activity: Arc<Activity>,
+    /// Set once the line is written.
+    pub finished: bool,
 }
 
 impl RequestLog {
-    /// Writes the access log line and metrics; called once by the response body.
-    pub fn finish(self, bytes: u64) {
+    /// The upstream body failed mid-stream: counted in `portcullis_upstream_errors_total` and
+    /// logged, and the exchange is logged as 502 (the client got a truncated response).
+    pub fn upstream_broke(&mut self, e: &(dyn std::error::Error + 'static)) {
+        self.upstream_aborted = true;
+        self.decision = "upstream_aborted";
+        self.status = 502;
+        let kind = e
+            .downcast_ref::<crate::proxy::UpstreamBodyError>()
+            .map_or("body", crate::proxy::UpstreamBodyError::kind);
+        let upstream = self.upstream.as_deref().unwrap_or("-");
+        self.metrics
+            .upstream_errors
+            .get_or_create(&crate::metrics::UpstreamKind {
+                upstream: upstream.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+        tracing::warn!(request_id = %self.request_id, upstream, kind, error = %e, "upstream response body failed; the client's response is cut short");
+    }
+
+    /// The response was dropped before its end: the client went away (499), or the drain's
+    /// `shutdown_timeout` cut it off (503, logged as a warning).
+    pub fn cut_short(&mut self) {
+        if self.activity.draining.load(Ordering::Relaxed) {
+            self.status = 503;
+            self.decision = "shutdown";
+            tracing::warn!(request_id = %self.request_id, "response cut off by shutdown_timeout");
+        } else {
+            self.status = 499;
+            self.decision = "client_aborted";
+        }
+    }
+
+    /// Writes the access log line and metrics, once.
+    pub fn finish(&mut self, bytes: u64) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let elapsed = self.start.elapsed();
         self.activity.end();
         let route = self.route.as_deref().unwrap_or("none");
@@ -323,6 +373,18 @@ impl RequestLog {
                 upstream_aborted = self.upstream_aborted,
                 "request"
             );
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    /// A request abandoned before its response existed (an HTTP/2 stream reset, an HTTP/1.1
+    /// client that disconnected while the upstream was still thinking) still gets its line,
+    /// and its connection's in-flight count goes down, so the idle timer runs again.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cut_short();
+            self.finish(0);
         }
     }
 }

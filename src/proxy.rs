@@ -1,5 +1,7 @@
 //! Forwarding to upstreams: one pooled keep-alive HTTP/1.1 client per upstream, the response
-//! head under a deadline, bodies streamed both ways, and WebSocket upgrades spliced through.
+//! head under a deadline that starts once the request body is sent, response bodies under
+//! `read_timeout`, one retry on a new connection for requests that can be replayed, bodies
+//! streamed both ways, and WebSocket upgrades spliced through.
 //!
 //! This module does not decide who may pass (`policy`) nor which headers carry identity
 //! (`proxy::headers` is called by `gateway`): it moves bytes and classifies upstream failures.
@@ -8,6 +10,7 @@ mod body;
 pub mod headers;
 pub mod tunnel;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +21,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use body::{BodyTooLarge, BoxError, LimitedBody, ResponseBody, TrackedBody};
+pub use body::{
+    BodyTooLarge, BoxError, LimitedBody, ResponseBody, TrackedBody, Upload, UpstreamBody,
+    UpstreamBodyError,
+};
 
 use crate::config::UpstreamSettings;
 use crate::error::GatewayError;
@@ -34,12 +40,16 @@ pub fn full_body(bytes: Bytes) -> ResponseBody {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     /// The name under `upstreams:`, for logs and metrics.
-    pub name: String,
+    pub name: Arc<str>,
     client: Client<HttpConnector, LimitedBody>,
+    /// No pool: a retry always gets a new connection.
+    fresh: Client<HttpConnector, LimitedBody>,
     authority: Authority,
     /// The URL's path without a trailing `/` ("" for none), prefixed to forwarded paths.
     base_path: String,
     timeout: Duration,
+    read_timeout: Duration,
+    body_timeout: Duration,
 }
 
 /// How a forward failed, for `portcullis_upstream_errors_total{upstream,kind}`.
@@ -51,6 +61,8 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The connection broke before a response head arrived.
     Reset,
+    /// The upstream answered something the gateway cannot pass on (an unsolicited 101).
+    Protocol,
 }
 
 impl UpstreamErrorKind {
@@ -60,6 +72,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
         }
     }
 }
@@ -75,17 +88,28 @@ pub struct ForwardError {
     pub detail: String,
 }
 
+/// What is needed to send a request again: only requests without a body are replayed.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
 impl Upstream {
     /// Builds the client for one upstream. No connection is made until the first request.
-    pub fn new(s: &UpstreamSettings) -> Upstream {
+    /// `body_timeout` is `limits.body_timeout`: a stalled upload gets 408.
+    pub fn new(s: &UpstreamSettings, body_timeout: Duration) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(s.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(s.pool_idle_timeout)
             .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let authority = s
             .url
@@ -94,11 +118,14 @@ impl Upstream {
             .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
         let base_path = s.url.path().trim_end_matches('/').to_owned();
         Upstream {
-            name: s.name.clone(),
+            name: Arc::from(s.name.as_str()),
             client,
+            fresh,
             authority,
             base_path,
             timeout: s.timeout,
+            read_timeout: s.read_timeout,
+            body_timeout,
         }
     }
 
@@ -121,36 +148,103 @@ impl Upstream {
     }
 
     /// Sends a prepared request and returns the upstream's response with hop-by-hop headers
-    /// removed. When `upgrade` is asked for and the upstream answers `101 Switching
-    /// Protocols`, the upstream's side of the upgrade comes back too, for a tunnel.
+    /// removed and its body under `read_timeout`. When `upgrade` is asked for and the
+    /// upstream answers `101 Switching Protocols`, the upstream's side of the upgrade comes
+    /// back too, for a tunnel. A request without a body whose connection breaks before a
+    /// response head (typically a pooled connection the upstream had just closed) is sent
+    /// once more, on a new connection.
     ///
     /// # Errors
-    /// A [`ForwardError`] mapping to 413, 502 or 504.
+    /// A [`ForwardError`] mapping to 408, 413, 502 or 504.
     pub async fn send(
         &self,
         mut req: Request<LimitedBody>,
         upgrade: bool,
     ) -> Result<(Response<ResponseBody>, Option<hyper::upgrade::OnUpgrade>), ForwardError> {
         *req.version_mut() = Version::HTTP_11;
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        let mut resp = match result {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(classify(&e)),
-            Err(_) => {
-                return Err(ForwardError {
-                    error: GatewayError::UpstreamTimeout,
-                    kind: Some(UpstreamErrorKind::Timeout),
-                    detail: format!("no response head within {:?}", self.timeout),
-                });
+        let upload = req.body().upload();
+        let replay = upload.is_none().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        });
+        let mut resp = match self.exchange(&self.client, req, upload).await {
+            Err(fe) if fe.kind == Some(UpstreamErrorKind::Reset) && replay.is_some() => {
+                let Some(r) = replay else { return Err(fe) };
+                tracing::debug!(upstream = %self.name, error = %fe.detail, "retrying on a new connection");
+                let mut again = Request::new(LimitedBody::empty());
+                *again.method_mut() = r.method;
+                *again.uri_mut() = r.uri;
+                *again.headers_mut() = r.headers;
+                self.exchange(&self.fresh, again, None).await?
             }
+            other => other?,
         };
-        let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return Err(ForwardError {
+                error: GatewayError::UpstreamUnavailable,
+                kind: Some(UpstreamErrorKind::Protocol),
+                detail: "101 Switching Protocols to a request that asked for no upgrade".into(),
+            });
+        }
+        let upgraded = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_side = upgraded.then(|| hyper::upgrade::on(&mut resp));
+        // Framed by Transfer-Encoding: a Content-Length beside it is stale (RFC 9112 §6.3),
+        // and the client's framing is the gateway's own.
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        let read_timeout = self.read_timeout;
         Ok((
-            resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            resp.map(|b| UpstreamBody::new(b, read_timeout).boxed_unsync()),
             upstream_side,
         ))
+    }
+
+    /// One exchange: the request body is streamed, and the response deadline starts when it
+    /// has been sent (a slow upload is not the upstream's fault); an upload that stalls for
+    /// `body_timeout` is the client's (408).
+    async fn exchange(
+        &self,
+        client: &Client<HttpConnector, LimitedBody>,
+        req: Request<LimitedBody>,
+        upload: Option<Arc<Upload>>,
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        let response = client.request(req);
+        tokio::pin!(response);
+        if let Some(up) = upload {
+            let tick =
+                (self.body_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let sent = up.sent();
+            tokio::pin!(sent);
+            loop {
+                tokio::select! {
+                    // An upstream may answer before reading the whole body (e.g. a 413).
+                    r = &mut response => return r.map_err(|e| classify(&e)),
+                    () = &mut sent => break,
+                    () = tokio::time::sleep(tick) => {
+                        if up.stalled_for() >= self.body_timeout {
+                            return Err(ForwardError {
+                                error: GatewayError::ClientTimeout,
+                                kind: None,
+                                detail: format!("no request body bytes within body_timeout ({:?})", self.body_timeout),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(self.timeout, response).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(ForwardError {
+                error: GatewayError::UpstreamTimeout,
+                kind: Some(UpstreamErrorKind::Timeout),
+                detail: format!("no response head within {:?}", self.timeout),
+            }),
+        }
     }
 }
 

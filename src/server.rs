@@ -124,8 +124,11 @@ impl Gateway {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
         };
 
+        // The admin listener outlives the drain: load balancers keep getting /readyz's 503,
+        // and /metrics keeps answering, until the process exits.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         if let Some(admin) = admin {
-            tokio::spawn(crate::admin::serve(admin, shared.clone(), stop_rx.clone()));
+            tokio::spawn(crate::admin::serve(admin, shared.clone(), admin_stop_rx));
         }
         // Forget IPs and callers whose budgets have refilled, so the tables stay small.
         let pruner = {
@@ -138,7 +141,30 @@ impl Gateway {
                 }
             })
         };
-        shared.ready.store(true, Ordering::Relaxed);
+        // Ready once the first JWT key set is in (bounded by the fetch's own deadline), so
+        // the first bearer requests after start are not refused for want of keys.
+        let keys_pending = shared
+            .state
+            .load()
+            .auth
+            .jwt()
+            .is_some_and(|j| !j.first_attempt_done());
+        if !keys_pending {
+            shared.ready.store(true, Ordering::Relaxed);
+        }
+        let readiness = {
+            let shared = shared.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let state = shared.state.load_full();
+                if let Some(j) = state.auth.jwt() {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), j.first_attempt()).await;
+                }
+                if !*stop.borrow() {
+                    shared.ready.store(true, Ordering::Relaxed);
+                }
+            })
+        };
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "portcullis is serving");
 
         tokio::select! {
@@ -148,6 +174,7 @@ impl Gateway {
 
         // Drain: stop accepting, fail readiness, ask connections to finish, wait for them.
         pruner.abort();
+        readiness.abort();
         drop(listener);
         shared.ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
@@ -162,6 +189,7 @@ impl Gateway {
                 tracing::warn!("shutdown_timeout reached with connections still open; exiting")
             }
         }
+        let _ = admin_stop_tx.send(true);
     }
 }
 
@@ -361,6 +389,9 @@ impl Watchdog<'_> {
             / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut draining = *self.stop.borrow();
+        if draining {
+            activity.set_draining();
+        }
         // When a connection asked to finish for a timeout (not for the drain, which has its
         // own deadline) is closed outright if it has not finished: a client may never take
         // the last bytes, or never acknowledge an HTTP/2 GOAWAY's PING.
@@ -379,6 +410,7 @@ impl Watchdog<'_> {
                 changed = self.stop.changed(), if !draining => {
                     if changed.is_err() || *self.stop.borrow() {
                         draining = true;
+                        activity.set_draining();
                         connection.as_mut().graceful();
                     }
                 }

@@ -161,7 +161,8 @@ pub fn server_config(
             return Err(fail(p));
         }
     };
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too: a client that offers only that is served HTTP/1.x, not refused.
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok((Arc::new(server), expiries, verifier))
 }
 

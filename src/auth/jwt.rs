@@ -96,6 +96,11 @@ pub struct JwtVerifier {
     settings: JwtSettings,
     keys: Arc<ArcSwap<KeySet>>,
     hmac: Option<DecodingKey>,
+    /// True once the first attempt to get the keys finished (at once for a file), so
+    /// readiness can wait for an https JWKS instead of answering 401 meanwhile.
+    first_attempt: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The key set and its refresh task came from the previous snapshot.
+    carried: bool,
 }
 
 impl JwtVerifier {
@@ -123,16 +128,54 @@ impl JwtVerifier {
             .hmac_secret
             .as_ref()
             .and_then(|s| DecodingKey::from_secret(&s.0).ok());
+        let is_url = matches!(settings.jwks, Some(JwksSource::Url(_)));
         Ok(JwtVerifier {
             settings: settings.clone(),
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             hmac,
+            first_attempt: Arc::new(tokio::sync::watch::Sender::new(!is_url)),
+            carried: false,
         })
+    }
+
+    /// Takes over the previous snapshot's key set and refresh task when the key source is
+    /// the same, so a reload never starts without keys (even while the IdP is unreachable)
+    /// and never runs two refresh tasks for one source.
+    pub fn carry_over(&mut self, old: &JwtVerifier) {
+        let same_source = match (&self.settings.jwks, &old.settings.jwks) {
+            (Some(JwksSource::File(a)), Some(JwksSource::File(b))) => a.path == b.path,
+            (Some(JwksSource::Url(a)), Some(JwksSource::Url(b))) => {
+                a == b
+                    && self.settings.jwks_refresh == old.settings.jwks_refresh
+                    && self.settings.jwks_ca.as_ref().map(|f| &f.path)
+                        == old.settings.jwks_ca.as_ref().map(|f| &f.path)
+            }
+            _ => false,
+        };
+        if same_source {
+            self.keys = old.keys.clone();
+            self.first_attempt = old.first_attempt.clone();
+            self.carried = true;
+        }
+    }
+
+    /// Whether the first attempt to get the keys has finished (always, for a file).
+    pub fn first_attempt_done(&self) -> bool {
+        *self.first_attempt.borrow()
+    }
+
+    /// Resolves once the first attempt to get the keys has finished, successful or not.
+    pub async fn first_attempt(&self) {
+        let mut rx = self.first_attempt.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// Starts keeping the key set fresh: polls a JWKS file for changes, or fetches an https
     /// JWKS now and every `jwks_refresh`. The task ends when this verifier is dropped.
     pub fn start_refresh(&self) {
+        if self.carried {
+            return;
+        }
         let weak = Arc::downgrade(&self.keys);
         match self.settings.jwks.clone() {
             Some(JwksSource::File(f)) => {
@@ -140,7 +183,14 @@ impl JwtVerifier {
             }
             Some(JwksSource::Url(url)) => {
                 let ca = self.settings.jwks_ca.as_ref().map(|f| f.path.clone());
-                tokio::spawn(refresh_url(weak, url, ca, self.settings.jwks_refresh));
+                let first = self.first_attempt.clone();
+                tokio::spawn(refresh_url(
+                    weak,
+                    url,
+                    ca,
+                    self.settings.jwks_refresh,
+                    first,
+                ));
             }
             None => {}
         }
@@ -298,6 +348,7 @@ async fn refresh_url(
     url: http::Uri,
     ca: Option<std::path::PathBuf>,
     every: Duration,
+    first_attempt: Arc<tokio::sync::watch::Sender<bool>>,
 ) {
     let mut failing = false;
     let mut retry = Duration::from_secs(2);
@@ -307,6 +358,8 @@ async fn refresh_url(
         }
         let result = fetch_jwks(&url, ca.as_deref()).await;
         let Some(store) = keys.upgrade() else { return };
+        // Readiness waits for this first answer, good or bad (a failure is logged below).
+        let first = !*first_attempt.borrow();
         let wait = match result {
             Ok(set) => {
                 let (ks, _) = KeySet::from_jwks(&set);
@@ -316,12 +369,16 @@ async fn refresh_url(
                     tracing::debug!(jwks = %url, keys = ks.all.len(), "JWKS fetched");
                 }
                 store.store(Arc::new(ks));
+                first_attempt.send_replace(true);
                 failing = false;
                 retry = Duration::from_secs(2);
                 every
             }
             Err(e) => {
-                if !failing {
+                if first {
+                    tracing::error!(jwks = %url, error = %e, "first JWKS fetch failed; reporting ready without keys (bearer tokens get 401) and retrying");
+                    first_attempt.send_replace(true);
+                } else if !failing {
                     tracing::warn!(jwks = %url, error = %e, "JWKS fetch failed; keeping the last good keys and retrying");
                 }
                 failing = true;

@@ -136,6 +136,8 @@ pub struct RawUpstream {
     pub url: Option<Sp<String>>,
     pub connect_timeout: Option<Sp<String>>,
     pub timeout: Option<Sp<String>>,
+    pub read_timeout: Option<Sp<String>>,
+    pub pool_idle_timeout: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +266,7 @@ pub struct RawLimits {
     pub handshake_timeout: Option<Sp<String>>,
     pub idle_timeout: Option<Sp<String>>,
     pub send_timeout: Option<Sp<String>>,
+    pub body_timeout: Option<Sp<String>>,
     pub websocket_idle_timeout: Option<Sp<String>>,
     pub max_connections: Option<Sp<u64>>,
     pub max_handshakes: Option<Sp<u64>>,

@@ -1133,14 +1133,36 @@ impl Resolver {
                 &format!("{key}.timeout"),
                 Duration::from_secs(30),
             );
-            if let (Some(url), Some(connect_timeout), Some(timeout)) =
-                (url, connect_timeout, timeout)
-            {
+            let read_timeout = self.duration(
+                u.value.read_timeout.as_ref(),
+                &format!("{key}.read_timeout"),
+                Duration::from_secs(60),
+            );
+            let pool_idle_timeout = self.duration(
+                u.value.pool_idle_timeout.as_ref(),
+                &format!("{key}.pool_idle_timeout"),
+                Duration::from_secs(4),
+            );
+            if let (
+                Some(url),
+                Some(connect_timeout),
+                Some(timeout),
+                Some(read_timeout),
+                Some(pool_idle_timeout),
+            ) = (
+                url,
+                connect_timeout,
+                timeout,
+                read_timeout,
+                pool_idle_timeout,
+            ) {
                 out.push(UpstreamSettings {
                     name: name.clone(),
                     url,
                     connect_timeout,
                     timeout,
+                    read_timeout,
+                    pool_idle_timeout,
                 });
             }
         }
@@ -1941,6 +1963,11 @@ impl Resolver {
             "limits.idle_timeout",
             Duration::from_secs(60),
         );
+        let body_timeout = self.duration(
+            l.and_then(|l| l.body_timeout.as_ref()),
+            "limits.body_timeout",
+            Duration::from_secs(60),
+        );
         let send_timeout = self.duration(
             l.and_then(|l| l.send_timeout.as_ref()),
             "limits.send_timeout",
@@ -2010,6 +2037,7 @@ impl Resolver {
             handshake_timeout: handshake_timeout?,
             idle_timeout: idle_timeout?,
             send_timeout: send_timeout?,
+            body_timeout: body_timeout?,
             websocket_idle_timeout: websocket_idle_timeout?,
             max_connections: max_connections?,
             max_handshakes: max_handshakes?,

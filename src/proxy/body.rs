@@ -1,13 +1,18 @@
-//! Body wrappers: the request body with its size limit enforced while streaming, and the
-//! response body that reports its byte count and end to the access log.
+//! Body wrappers: the request body with its size limit enforced while streaming and its
+//! progress reported (for `timeout`, which starts once it is sent, and `body_timeout`); the
+//! upstream's response body under `read_timeout`; and the response body that reports its byte
+//! count and end to the access log.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::watch;
 
 use crate::observability::{Activity, RequestLog};
 
@@ -23,27 +28,178 @@ pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxErr
 #[error("request body exceeds the configured limit")]
 pub struct BodyTooLarge;
 
-pin_project_lite::pin_project! {
-    /// A client request body that fails once more than `remaining` bytes arrive, so an
-    /// oversized body is cut off mid-stream instead of being forwarded.
-    pub struct LimitedBody {
-        #[pin]
-        inner: Incoming,
-        remaining: u64,
+/// How an upload is going, shared between the body (which reports) and the forward (which
+/// starts the response deadline once the body is sent, and answers 408 when it stalls).
+#[derive(Debug)]
+pub struct Upload {
+    origin: Instant,
+    last_ms: AtomicU64,
+    done: watch::Sender<bool>,
+}
+
+impl Upload {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.done.send_replace(true);
+    }
+
+    /// Resolves once the whole body has been read from the client.
+    pub async fn sent(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// How long no body bytes have arrived.
+    pub fn stalled_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
     }
 }
 
+/// A client request body that fails once more than `remaining` bytes arrive, so an oversized
+/// body is cut off mid-stream instead of being forwarded; it reports its progress to an
+/// [`Upload`]. `None` is an empty body (a request rebuilt for a retry).
+pub struct LimitedBody {
+    inner: Option<Incoming>,
+    remaining: u64,
+    upload: Option<Arc<Upload>>,
+}
+
 impl LimitedBody {
-    /// Wraps a client body with a byte budget.
+    /// Wraps a client body with a byte budget. A body that is not already empty gets an
+    /// [`Upload`] to report to.
     pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+        let upload = (!inner.is_end_stream()).then(|| {
+            Arc::new(Upload {
+                origin: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                done: watch::Sender::new(false),
+            })
+        });
         LimitedBody {
-            inner,
+            inner: Some(inner),
             remaining: limit,
+            upload,
         }
+    }
+
+    /// An empty body.
+    pub fn empty() -> LimitedBody {
+        LimitedBody {
+            inner: None,
+            remaining: 0,
+            upload: None,
+        }
+    }
+
+    /// The upload's progress, when there is a body to send.
+    pub fn upload(&self) -> Option<Arc<Upload>> {
+        self.upload.clone()
     }
 }
 
 impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let poll = Pin::new(inner).poll_frame(cx);
+        match poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.remaining -= len;
+                }
+                if let Some(u) = &this.upload {
+                    u.touch();
+                    if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                        u.finish();
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                if let Some(u) = &this.upload {
+                    u.finish();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Why an upstream response body ended early, for the access log and
+/// `portcullis_upstream_errors_total{kind}`.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    /// No body bytes for `read_timeout`.
+    #[error("no response body bytes within read_timeout ({0:?})")]
+    ReadTimeout(Duration),
+    /// The upstream connection broke mid-body.
+    #[error("the upstream response body broke off: {0}")]
+    Broken(String),
+}
+
+impl UpstreamBodyError {
+    /// The `kind` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamBodyError::ReadTimeout(_) => "read_timeout",
+            UpstreamBodyError::Broken(_) => "body",
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's response body, aborted when it stays silent for `read_timeout`.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        silence: tokio::time::Sleep,
+        read_timeout: Duration,
+    }
+}
+
+impl UpstreamBody {
+    /// Wraps a response body; the silence clock starts now.
+    pub fn new(inner: Incoming, read_timeout: Duration) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            silence: tokio::time::sleep(read_timeout),
+            read_timeout,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -54,19 +210,20 @@ impl Body for LimitedBody {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > *this.remaining {
-                        *this.remaining = 0;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                    }
-                    *this.remaining -= len;
-                }
+                this.silence
+                    .reset(tokio::time::Instant::now() + *this.read_timeout);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(
+                UpstreamBodyError::Broken(crate::proxy::error_chain(&e)),
+            )))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.silence.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(
+                    UpstreamBodyError::ReadTimeout(*this.read_timeout),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -79,9 +236,10 @@ impl Body for LimitedBody {
     }
 }
 
-/// A response body that counts the bytes sent and writes the access log line when the body
-/// ends or is dropped (client gone), so the log has the real byte count and duration. It also
-/// tells the connection's [`Activity`] when data waits for the client, for `send_timeout`.
+/// A response body that counts the bytes sent and finishes the access log line when the body
+/// ends, breaks, or is dropped early (the client went away, or the drain cut it off), so the
+/// log has the real outcome, byte count and duration. It also tells the connection's
+/// [`Activity`] when data waits for the client, for `send_timeout`.
 pub struct TrackedBody {
     inner: ResponseBody,
     bytes: u64,
@@ -124,11 +282,12 @@ impl Body for TrackedBody {
                 }
             }
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(log) = self.log.as_mut() {
-                    log.upstream_aborted = true;
+            Poll::Ready(Some(Err(e))) => {
+                let bytes = self.bytes;
+                if let Some(mut log) = self.log.take() {
+                    log.upstream_broke(e.as_ref());
+                    log.finish(bytes);
                 }
-                self.finish();
             }
             Poll::Pending => {}
         }
@@ -146,7 +305,7 @@ impl Body for TrackedBody {
 
 impl TrackedBody {
     fn finish(&mut self) {
-        if let Some(log) = self.log.take() {
+        if let Some(mut log) = self.log.take() {
             log.finish(self.bytes);
         }
     }
@@ -156,6 +315,13 @@ impl Drop for TrackedBody {
     fn drop(&mut self) {
         if self.waiting {
             self.activity.body_dropped();
+        }
+        // Dropped before its end: hyper stopped sending it (client gone, or the connection
+        // was cut). A body that is at its end was sent whole, even if never polled to `None`.
+        if !self.inner.is_end_stream()
+            && let Some(log) = self.log.as_mut()
+        {
+            log.cut_short();
         }
         self.finish();
     }

@@ -7,6 +7,7 @@
 //! identities do not appear in Redis.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -47,8 +48,14 @@ pub struct RedisStore {
     script: redis::Script,
     prefix: String,
     timeout: Duration,
-    down: AtomicBool,
+    /// Known down: decisions fail at once (no request waits `store_timeout` for a Redis that
+    /// refuses connections) while a background probe waits for it to come back. Shared with
+    /// that probe, which ends when the store is dropped.
+    down: Arc<AtomicBool>,
 }
+
+/// How often a down store is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 impl RedisStore {
     /// A store for `url`; connects lazily on the first decision and reconnects by itself.
@@ -70,7 +77,7 @@ impl RedisStore {
             script: redis::Script::new(GCRA),
             prefix: prefix.to_owned(),
             timeout,
-            down: AtomicBool::new(false),
+            down: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -90,6 +97,9 @@ impl RedisStore {
         spec: &LimitSpec,
         key: &str,
     ) -> Result<Outcome, StoreUnavailable> {
+        if self.down.load(Ordering::Relaxed) {
+            return Err(StoreUnavailable);
+        }
         let digest = Sha256::digest(key.as_bytes());
         let bucket = format!("{}{}:{}", self.prefix, route, hex::encode(&digest[..16]));
         let interval = spec.interval().as_micros().max(1) as u64;
@@ -109,17 +119,12 @@ impl RedisStore {
             inv.invoke_async::<(i64, i64, i64)>(&mut conn).await
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok((allowed, remaining, reset_us))) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!(store = %redacted(&self.url), "rate-limit store is reachable again");
-                }
-                Ok(Outcome {
-                    allowed: allowed == 1,
-                    limit: spec.burst,
-                    remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
-                    reset: Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0)),
-                })
-            }
+            Ok(Ok((allowed, remaining, reset_us))) => Ok(Outcome {
+                allowed: allowed == 1,
+                limit: spec.burst,
+                remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                reset: Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0)),
+            }),
             Ok(Err(e)) => Err(self.failed(&e.to_string())),
             Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
         }
@@ -128,8 +133,32 @@ impl RedisStore {
     fn failed(&self, why: &str) -> StoreUnavailable {
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(store = %redacted(&self.url), error = %why, "rate-limit store unavailable; applying on_store_error until it recovers");
+            tokio::spawn(probe(
+                Arc::downgrade(&self.down),
+                self.client.clone(),
+                self.url.clone(),
+                self.timeout.max(Duration::from_millis(200)),
+            ));
         }
         StoreUnavailable
+    }
+}
+
+/// PINGs a store that is down until it answers, then lets decisions through again. Ends when
+/// the store is gone (a reload replaced it).
+async fn probe(down: Weak<AtomicBool>, client: redis::Client, url: String, timeout: Duration) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(flag) = down.upgrade() else { return };
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, ping).await {
+            flag.store(false, Ordering::Relaxed);
+            tracing::info!(store = %redacted(&url), "rate-limit store is reachable again");
+            return;
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod jwt;
 pub mod pki;
 pub mod redis;
+pub mod rogue;
 pub mod upstream;
 
 pub use client::Client;

@@ -32,6 +32,7 @@ impl Reply {
 #[derive(Clone)]
 pub struct Client {
     addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
     connector: TlsConnector,
     h2: bool,
 }
@@ -44,6 +45,21 @@ impl Client {
 
     pub fn h2(addr: SocketAddr, ca_pem: &str, cert: Option<&ClientCert>) -> Client {
         Self::build(addr, ca_pem, cert, true, None)
+    }
+
+    /// A client offering exactly these ALPN protocols.
+    pub fn with_alpn(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&ClientCert>,
+        alpn: &[&[u8]],
+    ) -> Client {
+        let mut c = Self::build(addr, ca_pem, cert, false, None);
+        let mut config = (*c.config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        c.config = Arc::new(config);
+        c.connector = TlsConnector::from(c.config.clone());
+        c
     }
 
     /// A TLS 1.2-only client.
@@ -83,9 +99,11 @@ impl Client {
         } else {
             vec![b"http/1.1".to_vec()]
         };
+        let config = Arc::new(config);
         Client {
             addr,
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             h2,
         }
     }

@@ -99,6 +99,11 @@ impl State {
             generation,
         })
     }
+
+    /// This snapshot's generation: never reused.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 impl State {
@@ -168,6 +173,9 @@ pub struct Connection {
     /// The certificate chain the client presented (leaf first), to verify it again when a
     /// reload changes the CA bundle or the CRLs.
     chain: Vec<CertificateDer<'static>>,
+    /// The snapshot whose TLS configuration verified the chain during the handshake: under
+    /// it there is nothing to verify again.
+    verified_under: u64,
     /// In-flight requests and last activity, for the idle timeout.
     pub activity: Arc<Activity>,
     /// The caller as the current snapshot sees this connection's certificate.
@@ -231,6 +239,7 @@ impl Connection {
     pub fn new(
         remote: SocketAddr,
         cert: Option<(PeerCert, Vec<CertificateDer<'static>>)>,
+        verified_under: u64,
         activity: Arc<Activity>,
         slot: Option<ConnectionSlot>,
         stop: watch::Receiver<bool>,
@@ -243,6 +252,7 @@ impl Connection {
             remote: SocketAddr::new(remote.ip().to_canonical(), remote.port()),
             cert,
             chain,
+            verified_under,
             activity,
             caller: ArcSwapOption::empty(),
             _slot: slot,
@@ -279,7 +289,7 @@ impl Connection {
     /// against the snapshot of its day; a reload may since have revoked it, dropped its CA, or
     /// turned client certificates off.
     fn trusted_under(&self, state: &State) -> bool {
-        if self.cert.is_none() {
+        if self.cert.is_none() || state.generation == self.verified_under {
             return true;
         }
         let (Some(verifier), Some((leaf, rest))) = (&state.verifier, self.chain.split_first())

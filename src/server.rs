@@ -249,6 +249,7 @@ async fn serve_connection(
     let state = shared.state.load_full();
     let limits: Limits = state.config.limits.clone();
     let acceptor = TlsAcceptor::from(state.tls.clone());
+    let verified_under = state.generation();
     drop(state);
 
     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -298,6 +299,7 @@ async fn serve_connection(
     let conn = Arc::new(Connection::new(
         remote,
         cert,
+        verified_under,
         activity.clone(),
         Some(slot),
         stop.clone(),

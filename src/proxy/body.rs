@@ -177,23 +177,24 @@ impl UpstreamBodyError {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The upstream's response body, aborted when it stays silent for `read_timeout`.
-    pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
-        #[pin]
-        silence: tokio::time::Sleep,
-        read_timeout: Duration,
-    }
+/// The upstream's response body, aborted when it stays silent for `read_timeout`. The timer
+/// is armed only when the body actually waits (most responses never do), so a fast response
+/// costs no timer registration.
+pub struct UpstreamBody {
+    inner: Incoming,
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data arrived since the timer was armed: re-arm before waiting again.
+    progressed: bool,
+    read_timeout: Duration,
 }
 
 impl UpstreamBody {
-    /// Wraps a response body; the silence clock starts now.
+    /// Wraps a response body.
     pub fn new(inner: Incoming, read_timeout: Duration) -> UpstreamBody {
         UpstreamBody {
             inner,
-            silence: tokio::time::sleep(read_timeout),
+            silence: None,
+            progressed: true,
             read_timeout,
         }
     }
@@ -204,26 +205,34 @@ impl Body for UpstreamBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.silence
-                    .reset(tokio::time::Instant::now() + *this.read_timeout);
+                this.progressed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(
                 UpstreamBodyError::Broken(crate::proxy::error_chain(&e)),
             )))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.silence.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(
-                    UpstreamBodyError::ReadTimeout(*this.read_timeout),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if std::mem::take(&mut this.progressed) {
+                    let deadline = tokio::time::Instant::now() + this.read_timeout;
+                    match this.silence.as_mut() {
+                        Some(s) => s.as_mut().reset(deadline),
+                        None => this.silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                match this.silence.as_mut().map(|s| s.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(
+                        UpstreamBodyError::ReadTimeout(this.read_timeout),
+                    )))),
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 

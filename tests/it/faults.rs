@@ -417,16 +417,20 @@ async fn a_redis_store_that_is_down_is_not_tried_by_every_request() {
     assert_eq!(c.get("/x").await.unwrap().status, 200);
     let after_first = broken.connections();
     assert!(after_first >= 1);
-    // ...and the next ones fail at once instead of each trying Redis again.
-    for _ in 0..8 {
+    // ...and the next ones fail at once instead of each trying Redis again: only the
+    // background probe (every 500 ms) still connects.
+    let started = Instant::now();
+    for _ in 0..20 {
         assert_eq!(c.get("/x").await.unwrap().status, 200);
     }
     let tried = broken.connections() - after_first;
+    let probes = 2 + started.elapsed().as_millis() as usize / 500;
     assert!(
-        tried <= 2,
-        "8 decisions against a known-down store made {tried} connection attempts"
+        tried <= probes && tried < 20,
+        "20 decisions against a known-down store made {tried} connection attempts \
+         (the probe accounts for {probes})"
     );
-    assert!(metric(&gw, "portcullis_ratelimit_store_errors_total").await >= 9.0);
+    assert!(metric(&gw, "portcullis_ratelimit_store_errors_total").await >= 21.0);
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(c) => {
             let config = config::load(&c.path)?;
-            crate::observability::init(config.logging.format);
+            let _log = crate::observability::init(config.logging.format);
             runtime()?.block_on(crate::server::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

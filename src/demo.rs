@@ -26,7 +26,7 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../gateway.yaml");
 /// # Errors
 /// An invalid configuration, a PKI failure, or a port already in use.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    crate::observability::init(crate::config::LogFormat::Text);
+    let _log = crate::observability::init(crate::config::LogFormat::Text);
     if !config_path.exists() {
         std::fs::write(config_path, EXAMPLE_CONFIG).with_context(|| {
             format!(

@@ -325,8 +325,9 @@ pub struct Glob {
 /// One entry of `routes:`.
 #[derive(Clone, Debug)]
 pub struct RouteSettings {
-    /// Its name, used in logs, metrics and tests.
-    pub name: String,
+    /// Its name, used in logs, metrics and tests (shared, so a request names its route
+    /// without an allocation).
+    pub name: std::sync::Arc<str>,
     /// How requests are matched.
     pub matcher: RouteMatch,
     /// Index into [`Config::upstreams`].

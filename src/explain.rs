@@ -373,7 +373,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         Expectation::Forbidden => "403",
         Expectation::NoRoute => "404",
     };
-    let route = d.route.map(|r| r.name.as_str());
+    let route = d.route.map(|r| &*r.name);
     let mut problems = Vec::new();
     if got != t.expect {
         problems.push(format!("expected {}, got {}", label(t.expect), label(got)));

@@ -489,7 +489,7 @@ impl GatewayService {
         log.route = decision.route.map(|r| r.name.clone());
         if let Err(denial) = decision.verdict {
             log.decision = denial.as_str();
-            let route = log.route.clone().unwrap_or_else(|| "none".to_owned());
+            let route = log.route.as_deref().unwrap_or("none").to_owned();
             self.shared
                 .metrics
                 .authz_denied
@@ -518,7 +518,7 @@ impl GatewayService {
                         .metrics
                         .ratelimited
                         .get_or_create(&RouteLabel {
-                            route: route.name.clone(),
+                            route: route.name.to_string(),
                         })
                         .inc();
                     return Err(GatewayError::RateLimited(o));

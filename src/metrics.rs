@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 /// `{route, status}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
-    /// Route name, or `none`.
-    pub route: String,
+    /// Route name, or `none`; shared with the route, so a lookup allocates nothing.
+    pub route: std::sync::Arc<str>,
     /// HTTP status code.
     pub status: u32,
 }

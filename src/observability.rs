@@ -300,7 +300,7 @@ pub struct RequestLog {
     /// Normalized path, without the query (queries can carry secrets).
     pub path: String,
     /// The matched route.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The upstream the request went to, once forwarded.
     pub upstream: Option<Arc<str>>,
     /// Status of the exchange: as sent, or 499 (the client went away first), 502 (the
@@ -363,14 +363,12 @@ impl RequestLog {
         }
         let elapsed = self.start.elapsed();
         self.activity.end();
-        let route = self.route.as_deref().unwrap_or("none");
-        self.metrics
-            .requests
-            .get_or_create(&RouteStatus {
-                route: route.to_owned(),
-                status: u32::from(self.status),
-            })
-            .inc();
+        let label = RouteStatus {
+            route: self.route.clone().unwrap_or_else(no_route),
+            status: u32::from(self.status),
+        };
+        self.metrics.requests.get_or_create(&label).inc();
+        let route: &str = &label.route;
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if self.access_log {
             tracing::info!(
@@ -392,6 +390,12 @@ impl RequestLog {
             );
         }
     }
+}
+
+/// The `route` label of requests no route matched.
+fn no_route() -> Arc<str> {
+    static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| Arc::from("none")).clone()
 }
 
 impl Drop for RequestLog {

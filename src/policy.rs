@@ -600,7 +600,7 @@ routes:
             let d = policy.decide(&facts(method, *host, path, &h), caller);
             assert_eq!(d.verdict, *want, "{method} {host:?} {path} {caller:?}");
             assert_eq!(
-                d.route.map(|r| r.name.as_str()),
+                d.route.map(|r| &*r.name),
                 *route,
                 "{method} {host:?} {path}"
             );

@@ -132,7 +132,7 @@ impl RateLimits {
             for r in &config.routes {
                 if let Some(spec) = r.rate_limit {
                     local.insert(
-                        r.name.clone(),
+                        r.name.to_string(),
                         Arc::new(LocalLimiter::new(spec, rl.max_keys)),
                     );
                 }

@@ -647,14 +647,14 @@ impl Resolver {
                 Some(r) => {
                     let name = self.string(r, &format!("{key}.route"));
                     if let Some(n) = &name
-                        && !routes.iter().any(|rt| &rt.name == n)
+                        && !routes.iter().any(|rt| *rt.name == **n)
                     {
                         self.p.push(
                             pos(r),
                             format!("{key}.route"),
                             format!(
                                 "unknown route {n:?} ({})",
-                                known(routes.iter().map(|r| r.name.as_str()))
+                                known(routes.iter().map(|r| &*r.name))
                             ),
                         );
                     }
@@ -1543,7 +1543,7 @@ impl Resolver {
                 (name, matcher, upstream, allow)
             {
                 out.push(RouteSettings {
-                    name,
+                    name: name.into(),
                     matcher,
                     upstream,
                     allow,

@@ -125,7 +125,7 @@ fn stages(c: &mut Criterion) {
             .with_writer(std::io::sink)
             .finish(),
     );
-    let log = || {
+    let log_with = |access_log: bool| {
         activity.begin();
         let mut l = RequestLog {
             start: std::time::Instant::now(),
@@ -141,13 +141,40 @@ fn stages(c: &mut Criterion) {
             upstream_status: Some(200),
             decision: "allow",
             upstream_aborted: false,
-            access_log: true,
+            access_log,
             metrics: metrics.clone(),
             activity: activity.clone(),
             finished: false,
         };
         l.finish(100);
     };
+    let log = || log_with(true);
+    let sample = RequestLog {
+        start: std::time::Instant::now(),
+        request_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        client: "127.0.0.1:40000".parse().unwrap(),
+        identity: Some(Arc::from("O=bench,CN=bench-client")),
+        roles: Arc::from("bench"),
+        method: Method::GET,
+        path: "/hello".to_owned(),
+        route: Some(route.clone()),
+        upstream: None,
+        status: 200,
+        upstream_status: Some(200),
+        decision: "allow",
+        upstream_aborted: false,
+        access_log: false,
+        metrics: metrics.clone(),
+        activity: activity.clone(),
+        finished: true,
+    };
+    let mut line = String::with_capacity(512);
+    let mut rendered = || {
+        line.clear();
+        sample.render_json(&mut line, "all", 1.234, 100);
+        black_box(&line);
+    };
+    let metrics_only = || log_with(false);
 
     let mut table: Vec<(&str, f64)> = Vec::new();
     table.push((
@@ -182,7 +209,15 @@ fn stages(c: &mut Criterion) {
             black_box(now(limits.check("all", &spec, &key)).unwrap());
         }),
     ));
-    table.push(("access line + request metrics", allocs_per_op(log)));
+    table.push((
+        "access line through tracing's JSON formatter + request metrics",
+        allocs_per_op(log),
+    ));
+    table.push(("request metrics alone", allocs_per_op(metrics_only)));
+    table.push((
+        "access line, hand-rendered JSON (as run writes it)",
+        allocs_per_op(&mut rendered),
+    ));
     for (name, n) in &table {
         eprintln!("allocs/op {n:>6.2}  {name}");
     }
@@ -206,7 +241,14 @@ fn stages(c: &mut Criterion) {
             now(limits.check("all", &spec, &key))
         })
     });
-    c.bench_function("stage: access line + request metrics", |b| b.iter(log));
+    c.bench_function(
+        "stage: access line through tracing's JSON formatter + request metrics",
+        |b| b.iter(log),
+    );
+    c.bench_function("stage: request metrics alone", |b| b.iter(metrics_only));
+    c.bench_function("stage: access line, hand-rendered JSON", |b| {
+        b.iter(&mut rendered)
+    });
 }
 
 criterion_group!(benches, stages);

@@ -76,11 +76,14 @@ fn main() {
     // --- cost ---
     let never = spec(1_000_000, 1_000_000);
     let local = LocalLimiter::new(never, 100_000);
+    let bob: std::sync::Arc<str> = std::sync::Arc::from("id:CN=reader-bob");
     c.bench_function("ratelimit/local_decision", |b| {
-        b.iter(|| local.check(black_box("id:CN=reader-bob")))
+        b.iter(|| local.check(black_box(&bob)))
     });
     let many = LocalLimiter::new(never, 100_000);
-    let keys: Vec<String> = (0..10_000).map(|i| format!("id:caller-{i}")).collect();
+    let keys: Vec<std::sync::Arc<str>> = (0..10_000)
+        .map(|i| std::sync::Arc::from(format!("id:caller-{i}")))
+        .collect();
     let mut i = 0;
     c.bench_function("ratelimit/local_decision_10k_keys", |b| {
         b.iter(|| {
@@ -107,10 +110,11 @@ fn main() {
     let budget = f64::from(limit.burst) + f64::from(limit.rate) * ACCURACY_SECONDS as f64;
     let l = LocalLimiter::new(limit, 1000);
     let (mut offered, mut allowed) = (0u64, 0u64);
+    let overload: std::sync::Arc<str> = std::sync::Arc::from("id:overload");
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(ACCURACY_SECONDS) {
         offered += 1;
-        if l.check("id:overload").allowed {
+        if l.check(&overload).allowed {
             allowed += 1;
         }
     }

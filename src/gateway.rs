@@ -42,7 +42,7 @@ use crate::policy::{
 };
 use crate::proxy::headers;
 use crate::proxy::{LimitedBody, TrackedBody, Upstream};
-use crate::ratelimit::{RateLimits, key_for};
+use crate::ratelimit::{CallerKeys, RateLimits, key_for};
 use crate::tls::{ClientVerifier, Expiries};
 
 /// Everything derived from one configuration: swapped whole on reload, never mutated.
@@ -232,6 +232,8 @@ pub struct CallerView {
     roles: Arc<str>,
     /// Identity headers to set on every forwarded request.
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Rate-limit keys for every kind of limit.
+    keys: CallerKeys,
 }
 
 impl Connection {
@@ -279,6 +281,7 @@ impl Connection {
             identity: caller.identity.as_deref().map(Arc::from),
             roles: Arc::from(caller.roles.join(",")),
             headers: headers::identity_headers(&caller, self.cert.as_ref(), &state.config.forward),
+            keys: CallerKeys::new(&caller, self.remote.ip()),
             caller,
         });
         self.caller.store(Some(view.clone()));
@@ -509,7 +512,10 @@ impl GatewayService {
         //    create limiter keys.
         let mut rate_info = None;
         if let Some(spec) = &route.rate_limit {
-            let key = key_for(spec.key, caller, self.conn.remote.ip());
+            let key = match &per_request {
+                Some((c, _)) => key_for(spec.key, c, self.conn.remote.ip()),
+                None => view.keys.get(spec.key),
+            };
             match state.ratelimits.check(&route.name, spec, &key).await {
                 Ok(o) if o.allowed => rate_info = Some(o),
                 Ok(o) => {

@@ -85,18 +85,54 @@ fn ip_key(ip: IpAddr) -> String {
 /// The rate-limit key of a request: what its budget is kept per. Identities are namespaced by
 /// the credential they came from, so a JWT `sub` that spells a certificate's DN does not share
 /// that certificate's budget.
-pub fn key_for(kind: LimitKey, caller: &Caller, ip: IpAddr) -> String {
+pub fn key_for(kind: LimitKey, caller: &Caller, ip: IpAddr) -> Arc<str> {
     match kind {
         LimitKey::Identity => match (&caller.identity, caller.identity_factor) {
-            (Some(id), Some(f)) => format!("id:{}:{id}", f.as_str()),
-            _ => ip_key(ip),
+            (Some(id), Some(f)) => Arc::from(format!("id:{}:{id}", f.as_str())),
+            _ => Arc::from(ip_key(ip)),
         },
         LimitKey::Principal if !caller.principals.is_empty() => {
-            format!("p:{}", caller.principals.join(","))
+            Arc::from(format!("p:{}", caller.principals.join(",")))
         }
         LimitKey::Principal => key_for(LimitKey::Identity, caller, ip),
-        LimitKey::Ip => ip_key(ip),
-        LimitKey::Route => "route".to_owned(),
+        LimitKey::Ip => Arc::from(ip_key(ip)),
+        LimitKey::Route => route_key(),
+    }
+}
+
+/// The one key of `key: route` limits.
+fn route_key() -> Arc<str> {
+    static ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    ROUTE.get_or_init(|| Arc::from("route")).clone()
+}
+
+/// A caller's keys for every kind of limit, made once per connection and configuration (see
+/// `gateway::CallerView`), so deciding a request allocates nothing.
+#[derive(Debug)]
+pub struct CallerKeys {
+    identity: Arc<str>,
+    principal: Arc<str>,
+    ip: Arc<str>,
+}
+
+impl CallerKeys {
+    /// The keys of `caller` connecting from `ip`.
+    pub fn new(caller: &Caller, ip: IpAddr) -> CallerKeys {
+        CallerKeys {
+            identity: key_for(LimitKey::Identity, caller, ip),
+            principal: key_for(LimitKey::Principal, caller, ip),
+            ip: key_for(LimitKey::Ip, caller, ip),
+        }
+    }
+
+    /// The key for `kind`: the same text [`key_for`] makes.
+    pub fn get(&self, kind: LimitKey) -> Arc<str> {
+        match kind {
+            LimitKey::Identity => self.identity.clone(),
+            LimitKey::Principal => self.principal.clone(),
+            LimitKey::Ip => self.ip.clone(),
+            LimitKey::Route => route_key(),
+        }
     }
 }
 
@@ -175,7 +211,7 @@ impl RateLimits {
         &self,
         route: &str,
         spec: &LimitSpec,
-        key: &str,
+        key: &Arc<str>,
     ) -> Result<Outcome, StoreUnavailable> {
         if let Some(redis) = &self.redis {
             return redis.check(route, spec, key).await;
@@ -222,7 +258,7 @@ mod tests {
             factors: vec![Factor::Certificate],
         };
         assert_eq!(
-            key_for(LimitKey::Identity, &known, ip),
+            &*key_for(LimitKey::Identity, &known, ip),
             "id:certificate:CN=bob"
         );
         let same_text_by_jwt = Caller {
@@ -230,19 +266,22 @@ mod tests {
             ..known.clone()
         };
         assert_eq!(
-            key_for(LimitKey::Identity, &same_text_by_jwt, ip),
+            &*key_for(LimitKey::Identity, &same_text_by_jwt, ip),
             "id:jwt:CN=bob"
         );
-        assert_eq!(key_for(LimitKey::Identity, &anon, ip), "ip:192.0.2.7");
-        assert_eq!(key_for(LimitKey::Principal, &known, ip), "p:readers,staff");
-        assert_eq!(key_for(LimitKey::Principal, &anon, ip), "ip:192.0.2.7");
-        assert_eq!(key_for(LimitKey::Ip, &known, ip), "ip:192.0.2.7");
-        assert_eq!(key_for(LimitKey::Route, &known, ip), "route");
+        assert_eq!(&*key_for(LimitKey::Identity, &anon, ip), "ip:192.0.2.7");
+        assert_eq!(
+            &*key_for(LimitKey::Principal, &known, ip),
+            "p:readers,staff"
+        );
+        assert_eq!(&*key_for(LimitKey::Principal, &anon, ip), "ip:192.0.2.7");
+        assert_eq!(&*key_for(LimitKey::Ip, &known, ip), "ip:192.0.2.7");
+        assert_eq!(&*key_for(LimitKey::Route, &known, ip), "route");
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(key_for(LimitKey::Ip, &known, mapped), "ip:192.0.2.7");
+        assert_eq!(&*key_for(LimitKey::Ip, &known, mapped), "ip:192.0.2.7");
         let v6a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        assert_eq!(key_for(LimitKey::Ip, &known, v6a), "ip:2001:db8:1:2::/64");
+        assert_eq!(&*key_for(LimitKey::Ip, &known, v6a), "ip:2001:db8:1:2::/64");
         assert_eq!(
             key_for(LimitKey::Ip, &known, v6a),
             key_for(LimitKey::Ip, &known, v6b)

@@ -6,6 +6,7 @@
 //! new identities or addresses cannot grow memory, and only competes with itself.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -23,15 +24,15 @@ const OVERFLOW: &str = "\u{0}overflow";
 
 /// A DashMap state store with a ceiling on its key count.
 pub struct BoundedStore {
-    inner: DashMapStateStore<String>,
+    inner: DashMapStateStore<Arc<str>>,
     max_keys: usize,
-    overflow: String,
+    overflow: Arc<str>,
 }
 
 impl StateStore for BoundedStore {
-    type Key = String;
+    type Key = Arc<str>;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &Arc<str>, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -45,7 +46,7 @@ impl StateStore for BoundedStore {
     }
 }
 
-impl ShrinkableKeyedStateStore<String> for BoundedStore {
+impl ShrinkableKeyedStateStore<Arc<str>> for BoundedStore {
     fn retain_recent(&self, drop_below: Nanos) {
         ShrinkableKeyedStateStore::retain_recent(&self.inner, drop_below);
     }
@@ -65,7 +66,7 @@ impl ShrinkableKeyedStateStore<String> for BoundedStore {
 
 /// One route's in-process limiter.
 pub struct LocalLimiter {
-    limiter: RateLimiter<String, BoundedStore, DefaultClock, StateInformationMiddleware>,
+    limiter: RateLimiter<Arc<str>, BoundedStore, DefaultClock, StateInformationMiddleware>,
     clock: DefaultClock,
     spec: LimitSpec,
     max_keys: usize,
@@ -83,9 +84,9 @@ impl LocalLimiter {
         let store = BoundedStore {
             inner: DashMapStateStore::default(),
             max_keys,
-            overflow: OVERFLOW.to_owned(),
+            overflow: Arc::from(OVERFLOW),
         };
-        let limiter: RateLimiter<String, BoundedStore, DefaultClock> =
+        let limiter: RateLimiter<Arc<str>, BoundedStore, DefaultClock> =
             RateLimiter::new(quota, store, clock.clone());
         let limiter = limiter.with_middleware::<StateInformationMiddleware>();
         LocalLimiter {
@@ -106,11 +107,11 @@ impl LocalLimiter {
         self.max_keys
     }
 
-    /// Decides one request for `key`.
-    pub fn check(&self, key: &str) -> Outcome {
+    /// Decides one request for `key` (shared: a caller's key is made once per connection,
+    /// and deciding copies nothing).
+    pub fn check(&self, key: &Arc<str>) -> Outcome {
         let interval = self.spec.interval();
-        // governor's keyed API takes the key type by reference; String keys avoid a second map.
-        match self.limiter.check_key(&key.to_owned()) {
+        match self.limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let used = self.spec.burst.saturating_sub(remaining);
@@ -166,7 +167,8 @@ mod tests {
     #[test]
     fn allows_the_burst_then_limits_with_a_reset() {
         let l = LocalLimiter::new(spec(1, 60, 3), 100);
-        let outcomes: Vec<Outcome> = (0..4).map(|_| l.check("id:a")).collect();
+        let a: Arc<str> = Arc::from("id:a");
+        let outcomes: Vec<Outcome> = (0..4).map(|_| l.check(&a)).collect();
         assert_eq!(
             outcomes.iter().map(|o| o.allowed).collect::<Vec<_>>(),
             [true, true, true, false]
@@ -179,23 +181,27 @@ mod tests {
             outcomes[3].reset > Duration::from_secs(50)
                 && outcomes[3].reset <= Duration::from_secs(60)
         );
-        assert!(l.check("id:b").allowed, "budgets are per key");
+        assert!(l.check(&Arc::from("id:b")).allowed, "budgets are per key");
     }
 
     #[test]
     fn the_key_table_is_bounded_with_a_shared_overflow_bucket() {
         let l = LocalLimiter::new(spec(1, 3600, 2), 10);
         for i in 0..10 {
-            assert!(l.check(&format!("id:{i}")).allowed);
+            assert!(l.check(&Arc::from(format!("id:{i}"))).allowed);
         }
         assert_eq!(l.len(), 10);
         // New callers beyond the ceiling share one bucket of the same quota.
-        assert!(l.check("id:new-1").allowed);
-        assert!(l.check("id:new-2").allowed);
-        assert!(!l.check("id:new-3").allowed, "the overflow bucket is spent");
+        assert!(l.check(&Arc::from("id:new-1")).allowed);
+        assert!(l.check(&Arc::from("id:new-2")).allowed);
+        assert!(
+            !l.check(&Arc::from("id:new-3")).allowed,
+            "the overflow bucket is spent"
+        );
         assert_eq!(l.len(), 11, "ten keys plus the overflow bucket");
         // Existing callers are unaffected.
-        assert!(l.check("id:0").allowed);
-        assert!(!l.check("id:0").allowed);
+        let zero: Arc<str> = Arc::from("id:0");
+        assert!(l.check(&zero).allowed);
+        assert!(!l.check(&zero).allowed);
     }
 }

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,19 +14,9 @@ use crate::support::gateway::{yaml, yaml_with};
 use crate::support::jwt::{JwksServer, Signer, jwks, now};
 use crate::support::rogue::{RogueUpstream, read_request};
 use crate::support::upstream::Mode;
-use crate::support::{Client, FakeUpstream, TestGateway, TestPki, admin_get};
+use crate::support::{Client, FakeUpstream, TestGateway, TestPki, admin_get, metric};
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-
-/// The value of one metric line.
-async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
-    let text = admin_get(gw.admin.unwrap(), "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A gateway in front of `upstream` with extra upstream keys and the test policy.
 async fn gateway(
@@ -204,15 +193,9 @@ async fn a_stalled_or_broken_upstream_body_is_aborted_counted_and_logged() {
     );
 
     // HTTP/2: the stream is reset, the client sees an error, not a short success.
-    let tls = Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
-        .connect()
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
+        .h2_session()
+        .await;
     let resp = sender.send_request(request("GET", "/stall")).await.unwrap();
     let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
         .await
@@ -230,15 +213,9 @@ async fn a_cancelled_request_is_logged_as_499_and_frees_its_connection() {
     let up = FakeUpstream::with_mode(Mode::Delay(Duration::from_secs(3))).await;
     let gw = gateway(&pki, up.addr, "", "limits:\n  idle_timeout: 1s\n").await;
     // HTTP/2: reset the stream before the upstream answers, then stay idle.
-    let tls = Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
-        .connect()
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
+        .h2_session()
+        .await;
     let pending = tokio::spawn(async move {
         let r = sender.send_request(request("GET", "/slow")).await;
         drop(r);

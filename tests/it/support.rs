@@ -24,3 +24,17 @@ pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The value of the first `/metrics` line starting with `line_prefix` (0 when absent).
+pub async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
+    let text = admin_get(
+        gw.admin.expect("the test gateway has an admin listener"),
+        "/metrics",
+    )
+    .await;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -152,6 +152,22 @@ impl Client {
         })
     }
 
+    /// An HTTP/2 session on a new connection: the sender, and the task driving the connection
+    /// (it ends when the connection closes).
+    pub async fn h2_session(
+        &self,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ) {
+        let tls = self.connect().await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(conn))
+    }
+
     pub async fn get(&self, path: &str) -> Result<Reply, String> {
         self.send(request("GET", path)).await
     }

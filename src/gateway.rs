@@ -569,12 +569,19 @@ impl GatewayService {
             h.remove(header::AUTHORIZATION);
             h.remove(&config.api_keys.header);
         }
-        // The upstream gets the host the policy matched, in one canonical spelling.
-        h.remove(header::HOST);
-        if let Some(host) = &host
-            && let Ok(v) = HeaderValue::from_str(&host.header_value())
-        {
-            h.insert(header::HOST, v);
+        // The upstream gets the host the policy matched, in one canonical spelling. A Host
+        // header already spelled that way (the usual case) is kept as it is.
+        let canonical = match (&host, h.get(header::HOST)) {
+            (Some(host), Some(v)) => host.is_spelled(v.as_bytes()),
+            _ => false,
+        };
+        if !canonical {
+            h.remove(header::HOST);
+            if let Some(host) = &host
+                && let Ok(v) = HeaderValue::from_str(&host.header_value())
+            {
+                h.insert(header::HOST, v);
+            }
         }
         for (name, value) in identity_headers {
             h.insert(name.clone(), value.clone());
@@ -825,6 +832,24 @@ impl Host {
             None => self.name.clone(),
         }
     }
+
+    /// Whether `text` is exactly [`Host::header_value`], checked without building it.
+    pub fn is_spelled(&self, text: &[u8]) -> bool {
+        let Some(rest) = text.strip_prefix(self.name.as_bytes()) else {
+            return false;
+        };
+        match (self.port, rest) {
+            (None, []) => true,
+            (Some(p), [b':', digits @ ..]) => {
+                digits.first().is_some_and(|d| *d != b'0')
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse().ok())
+                        == Some(p)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Parses a Host header or `:authority`: a DNS name, an IPv4 address or a bracketed IPv6
@@ -920,6 +945,19 @@ mod tests {
         assert_eq!(h("admin.internal:8443"), Some("admin.internal:8443".into()));
         assert_eq!(h("[::1]:8443"), Some("[::1]:8443".into()));
         assert_eq!(h("127.0.0.1"), Some("127.0.0.1".into()));
+        let spelled = |raw: &str, text: &str| parse_host(raw).unwrap().is_spelled(text.as_bytes());
+        assert!(spelled("localhost:8443", "localhost:8443"));
+        assert!(spelled("localhost", "localhost"));
+        assert!(
+            !spelled("Localhost:8443", "Localhost:8443"),
+            "upper case is rewritten"
+        );
+        assert!(
+            !spelled("localhost.", "localhost."),
+            "a trailing dot is rewritten"
+        );
+        assert!(!spelled("localhost:08443", "localhost:08443"));
+        assert!(!spelled("localhost:8443", "localhost"));
         for bad in [
             "admin.internal@x",
             "x y",

@@ -125,36 +125,13 @@ fn stages(c: &mut Criterion) {
             .with_writer(std::io::sink)
             .finish(),
     );
-    let log_with = |access_log: bool| {
-        activity.begin();
-        let mut l = RequestLog {
-            start: std::time::Instant::now(),
-            request_id: "0123456789abcdef0123456789abcdef".to_owned(),
-            client: "127.0.0.1:40000".parse().unwrap(),
-            identity: None,
-            roles: Arc::from(""),
-            method: Method::GET,
-            path: "/hello".to_owned(),
-            route: Some(route.clone()),
-            upstream: None,
-            status: 200,
-            upstream_status: Some(200),
-            decision: "allow",
-            upstream_aborted: false,
-            access_log,
-            metrics: metrics.clone(),
-            activity: activity.clone(),
-            finished: false,
-        };
-        l.finish(100);
-    };
-    let log = || log_with(true);
-    let sample = RequestLog {
+    // One request's log record, as the gateway fills it in.
+    let record = |access_log: bool, identity: Option<Arc<str>>, roles: Arc<str>| RequestLog {
         start: std::time::Instant::now(),
         request_id: "0123456789abcdef0123456789abcdef".to_owned(),
         client: "127.0.0.1:40000".parse().unwrap(),
-        identity: Some(Arc::from("O=bench,CN=bench-client")),
-        roles: Arc::from("bench"),
+        identity,
+        roles,
         method: Method::GET,
         path: "/hello".to_owned(),
         route: Some(route.clone()),
@@ -163,11 +140,23 @@ fn stages(c: &mut Criterion) {
         upstream_status: Some(200),
         decision: "allow",
         upstream_aborted: false,
-        access_log: false,
+        access_log,
         metrics: metrics.clone(),
         activity: activity.clone(),
-        finished: true,
+        finished: false,
     };
+    let log_with = |access_log: bool| {
+        activity.begin();
+        record(access_log, None, Arc::from("")).finish(100);
+    };
+    let log = || log_with(true);
+    let mut sample = record(
+        false,
+        Some(Arc::from("O=bench,CN=bench-client")),
+        Arc::from("bench"),
+    );
+    // Rendered only, never finished: nothing to log when it is dropped.
+    sample.finished = true;
     let mut line = String::with_capacity(512);
     let mut rendered = || {
         line.clear();

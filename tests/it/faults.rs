@@ -305,12 +305,7 @@ async fn the_admin_listener_answers_503_and_metrics_during_the_drain() {
     let admin = gw.admin.unwrap();
     let c = gw.client(Some(&bob));
     let in_flight = tokio::spawn(async move { c.get("/slow").await });
-    for _ in 0..100 {
-        if !up.requests().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    up.wait_for_request().await;
     let done = gw.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ready = admin_get(admin, "/readyz").await;

@@ -59,12 +59,7 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
         async move { c.get("/slow").await }
     });
     // Let the request reach the upstream before draining.
-    for _ in 0..100 {
-        if !up.requests().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    up.wait_for_request().await;
     let done = gw.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

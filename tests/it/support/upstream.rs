@@ -74,6 +74,16 @@ impl FakeUpstream {
         l.local_addr().unwrap()
     }
 
+    /// Waits (up to a second) until a request has reached the upstream.
+    pub async fn wait_for_request(&self) {
+        for _ in 0..100 {
+            if !self.seen.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().unwrap().clone()
     }

@@ -1,4 +1,4 @@
-//! Forwarding to upstreams: one pooled keep-alive HTTP/1.1 client per upstream, the response
+//! Forwarding to upstreams: a pool of keep-alive HTTP/1.1 connections per upstream, the response
 //! head under a deadline that starts once the request body is sent, response bodies under
 //! `read_timeout`, one retry on a new connection for requests that can be replayed, bodies
 //! streamed both ways, and WebSocket upgrades spliced through.
@@ -8,18 +8,17 @@
 
 mod body;
 pub mod headers;
+mod pool;
 pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version, header};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::{
     BodyTooLarge, BoxError, LimitedBody, ResponseBody, TrackedBody, Upload, UpstreamBody,
@@ -37,19 +36,28 @@ pub fn full_body(bytes: Bytes) -> ResponseBody {
 }
 
 /// An upstream and its connection pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Upstream {
     /// The name under `upstreams:`, for logs and metrics.
     pub name: Arc<str>,
-    client: Client<HttpConnector, LimitedBody>,
-    /// No pool: a retry always gets a new connection.
-    fresh: Client<HttpConnector, LimitedBody>,
-    authority: Authority,
+    pool: Arc<pool::Pool>,
+    /// `Host` for a request that arrives without one (HTTP/1.1 requires it).
+    host: HeaderValue,
     /// The URL's path without a trailing `/` ("" for none), prefixed to forwarded paths.
     base_path: String,
     timeout: Duration,
     read_timeout: Duration,
     body_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("base_path", &self.base_path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a forward failed, for `portcullis_upstream_errors_total{upstream,kind}`.
@@ -95,33 +103,35 @@ struct Replay {
     headers: http::HeaderMap,
 }
 
+/// Why one attempt failed.
+enum Failure {
+    Connect(pool::ConnectError),
+    /// hyper's error.
+    Send(hyper::Error),
+}
+
 impl Upstream {
     /// Builds the client for one upstream. No connection is made until the first request.
     /// `body_timeout` is `limits.body_timeout`: a stalled upload gets 408.
     pub fn new(s: &UpstreamSettings, body_timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(s.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(s.pool_idle_timeout)
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
-        let fresh = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
         let authority = s
             .url
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
+        let pool = pool::Pool::new(
+            authority.host(),
+            authority.port_u16().unwrap_or(80),
+            s.connect_timeout,
+            s.pool_idle_timeout,
+        );
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         let base_path = s.url.path().trim_end_matches('/').to_owned();
         Upstream {
             name: Arc::from(s.name.as_str()),
-            client,
-            fresh,
-            authority,
+            pool: Arc::new(pool),
+            host,
             base_path,
             timeout: s.timeout,
             read_timeout: s.read_timeout,
@@ -129,7 +139,7 @@ impl Upstream {
         }
     }
 
-    /// The absolute URI for a normalized path and the original query.
+    /// The request target (origin form) for a normalized path and the original query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut pq = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -140,19 +150,17 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))?;
+        Ok(Uri::from(pq))
     }
 
     /// Sends a prepared request and returns the upstream's response with hop-by-hop headers
     /// removed and its body under `read_timeout`. When `upgrade` is asked for and the
     /// upstream answers `101 Switching Protocols`, the upstream's side of the upgrade comes
-    /// back too, for a tunnel. A request without a body whose connection breaks before a
-    /// response head (typically a pooled connection the upstream had just closed) is sent
-    /// once more, on a new connection.
+    /// back too, for a tunnel. A request that a pooled connection closed before taking is
+    /// sent on another; a request without a body whose connection breaks before a response
+    /// head (typically a pooled connection the upstream had just closed) is sent once more,
+    /// on a new connection.
     ///
     /// # Errors
     /// A [`ForwardError`] mapping to 408, 413, 502 or 504.
@@ -162,13 +170,16 @@ impl Upstream {
         upgrade: bool,
     ) -> Result<(Response<ResponseBody>, Option<hyper::upgrade::OnUpgrade>), ForwardError> {
         *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
         let upload = req.body().upload();
         let replay = upload.is_none().then(|| Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
         });
-        let mut resp = match self.exchange(&self.client, req, upload).await {
+        let (mut resp, conn) = match self.exchange(req, upload).await {
             Err(fe) if fe.kind == Some(UpstreamErrorKind::Reset) && replay.is_some() => {
                 let Some(r) = replay else { return Err(fe) };
                 tracing::debug!(upstream = %self.name, error = %fe.detail, "retrying on a new connection");
@@ -176,7 +187,7 @@ impl Upstream {
                 *again.method_mut() = r.method;
                 *again.uri_mut() = r.uri;
                 *again.headers_mut() = r.headers;
-                self.exchange(&self.fresh, again, None).await?
+                self.attempt(again, false).await.map_err(|f| self.failed(f))?
             }
             other => other?,
         };
@@ -196,9 +207,19 @@ impl Upstream {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         headers::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        // An upgraded connection belongs to the tunnel; any other goes back to the pool once
+        // its response has been read to the end.
+        let conn = if upgraded {
+            None
+        } else if resp.body().is_end_stream() {
+            conn.check_in();
+            None
+        } else {
+            Some(conn)
+        };
         let read_timeout = self.read_timeout;
         Ok((
-            resp.map(|b| UpstreamBody::new(b, read_timeout).boxed_unsync()),
+            resp.map(|b| UpstreamBody::new(b, read_timeout, conn).boxed_unsync()),
             upstream_side,
         ))
     }
@@ -208,11 +229,10 @@ impl Upstream {
     /// `body_timeout` is the client's (408).
     async fn exchange(
         &self,
-        client: &Client<HttpConnector, LimitedBody>,
         req: Request<LimitedBody>,
         upload: Option<Arc<Upload>>,
-    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
-        let response = client.request(req);
+    ) -> Result<(Response<hyper::body::Incoming>, pool::Checkout), ForwardError> {
+        let response = self.attempt(req, true);
         tokio::pin!(response);
         if let Some(up) = upload {
             let tick =
@@ -222,7 +242,7 @@ impl Upstream {
             loop {
                 tokio::select! {
                     // An upstream may answer before reading the whole body (e.g. a 413).
-                    r = &mut response => return r.map_err(|e| classify(&e)),
+                    r = &mut response => return r.map_err(|f| self.failed(f)),
                     () = &mut sent => break,
                     () = tokio::time::sleep(tick) => {
                         if up.stalled_for() >= self.body_timeout {
@@ -237,8 +257,7 @@ impl Upstream {
             }
         }
         match tokio::time::timeout(self.timeout, response).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(r) => r.map_err(|f| self.failed(f)),
             Err(_) => Err(ForwardError {
                 error: GatewayError::UpstreamTimeout,
                 kind: Some(UpstreamErrorKind::Timeout),
@@ -246,9 +265,50 @@ impl Upstream {
             }),
         }
     }
+
+    /// Sends on a pooled connection (when `pooled`) or a new one. A pooled connection that
+    /// turns out closed before it took the request is passed over for the next; hyper hands
+    /// the request back in that case, body and all, so nothing is sent twice.
+    async fn attempt(
+        &self,
+        mut req: Request<LimitedBody>,
+        pooled: bool,
+    ) -> Result<(Response<hyper::body::Incoming>, pool::Checkout), Failure> {
+        loop {
+            let found = if pooled { self.pool.checkout() } else { None };
+            let mut conn = match found {
+                Some(c) => c,
+                None => self.pool.connect().await.map_err(Failure::Connect)?,
+            };
+            if let Err(e) = conn.sender.ready().await {
+                if conn.reused {
+                    continue;
+                }
+                return Err(Failure::Send(e));
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if conn.reused => req = back,
+                    _ => return Err(Failure::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn failed(&self, f: Failure) -> ForwardError {
+        match f {
+            Failure::Connect(e) => ForwardError {
+                error: GatewayError::UpstreamUnavailable,
+                kind: Some(UpstreamErrorKind::Connect),
+                detail: error_chain(&e),
+            },
+            Failure::Send(e) => classify(&e),
+        }
+    }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
+fn classify(e: &hyper::Error) -> ForwardError {
     let detail = error_chain(e);
     if caused_by::<BodyTooLarge>(e) {
         return ForwardError {
@@ -257,7 +317,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
             detail,
         };
     }
-    if caused_by::<hyper::Error>(e) && is_client_body_error(e) {
+    if is_client_body_error(e) {
         return ForwardError {
             error: GatewayError::BadRequest {
                 reason: "request body could not be read",
@@ -267,14 +327,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
             detail,
         };
     }
-    let kind = if e.is_connect() {
-        UpstreamErrorKind::Connect
-    } else {
-        UpstreamErrorKind::Reset
-    };
     ForwardError {
         error: GatewayError::UpstreamUnavailable,
-        kind: Some(kind),
+        kind: Some(UpstreamErrorKind::Reset),
         detail,
     }
 }

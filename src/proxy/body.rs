@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use super::pool::Checkout;
 use crate::observability::{Activity, RequestLog};
 
 /// The boxed error type of bodies crossing the gateway.
@@ -186,16 +187,29 @@ pub struct UpstreamBody {
     /// Data arrived since the timer was armed: re-arm before waiting again.
     progressed: bool,
     read_timeout: Duration,
+    /// The connection it arrives on, back to the pool once the body has been read to its end.
+    conn: Option<Checkout>,
 }
 
 impl UpstreamBody {
-    /// Wraps a response body.
-    pub fn new(inner: Incoming, read_timeout: Duration) -> UpstreamBody {
+    /// Wraps a response body; `conn` is checked in when the body ends.
+    pub(crate) fn new(
+        inner: Incoming,
+        read_timeout: Duration,
+        conn: Option<Checkout>,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner,
             silence: None,
             progressed: true,
             read_timeout,
+            conn,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.check_in();
         }
     }
 }
@@ -212,12 +226,22 @@ impl Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed = true;
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(
-                UpstreamBodyError::Broken(crate::proxy::error_chain(&e)),
-            )))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                // A broken connection is not reused.
+                this.conn = None;
+                Poll::Ready(Some(Err(Box::new(UpstreamBodyError::Broken(
+                    crate::proxy::error_chain(&e),
+                )))))
+            }
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if std::mem::take(&mut this.progressed) {
                     let deadline = tokio::time::Instant::now() + this.read_timeout;

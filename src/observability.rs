@@ -17,21 +17,51 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 use crate::metrics::{Metrics, RouteStatus};
 
-/// Where JSON access lines are written directly, rendered by [`RequestLog`] itself (set by
-/// `init` for JSON logs; tests and the text format go through `tracing`).
-static ACCESS_JSON: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
-    std::sync::OnceLock::new();
+mod sink;
 
-/// Keeps the log writer running; dropping it writes out every line still queued.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+/// Every log line bound for stdout, access lines and the rest alike, in order.
+static STDOUT: sink::Sink = sink::Sink::new();
+
+/// JSON logs are on: access lines are rendered by [`RequestLog`] itself and appended to
+/// [`STDOUT`] directly (tests and the text format go through `tracing`).
+static ACCESS_JSON: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the log writer running; dropping it writes out every pending line and stops it.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            STDOUT.close();
+            let _ = writer.join();
+        }
+    }
+}
+
+/// `tracing`'s writer: each event arrives as one `write_all` of whole lines.
+struct StdoutLines;
+
+impl std::io::Write for StdoutLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        STDOUT.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
 ///
-/// Lines are formatted on the thread that logs them and written by a dedicated thread through
-/// a 64 KiB buffer: under load many access lines go out in one `write`, instead of one system
-/// call per request. Nothing is dropped: when the queue is full, loggers wait
-/// (`lossy(false)`), and the returned guard writes out whatever is queued when it is dropped,
-/// at the end of `run` (after the drain).
+/// Lines are formatted on the thread that logs them and written to stdout by a dedicated
+/// thread in batches (see `observability::sink`): under load many lines go out in one `write`,
+/// instead of a system call and a thread wake-up per request. Nothing is dropped: when too
+/// much is pending, loggers wait, and the returned guard writes out whatever is pending when
+/// it is dropped, at the end of `run` (after the drain).
 pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
@@ -39,19 +69,9 @@ pub fn init(format: LogFormat) -> LogGuard {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("portcullis-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
-    if json {
-        let _ = ACCESS_JSON.set(writer.clone());
-    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(|| StdoutLines);
     let result = if json {
         builder
             .json()
@@ -63,9 +83,26 @@ pub fn init(format: LogFormat) -> LogGuard {
             .with_ansi(std::io::stdout().is_terminal())
             .try_init()
     };
-    // A subscriber is already installed when the gateway runs inside a test or the demo.
-    let _ = result;
-    guard
+    // A subscriber is already installed when the gateway runs inside a test or the demo: its
+    // writer is not ours, so start none.
+    if result.is_err() {
+        return LogGuard { writer: None };
+    }
+    ACCESS_JSON.store(json, Ordering::Relaxed);
+    let writer = std::thread::Builder::new()
+        .name("portcullis-log".into())
+        .spawn(|| STDOUT.run(&mut std::io::stdout()));
+    match writer {
+        Ok(writer) => LogGuard {
+            writer: Some(writer),
+        },
+        Err(e) => {
+            // No writer thread: every line goes straight to stdout instead.
+            STDOUT.close();
+            eprintln!("warning: cannot start the log writer thread ({e}); writing logs directly");
+            LogGuard { writer: None }
+        }
+    }
 }
 
 /// Per-connection activity, for the idle, header and send timeouts: requests in flight, the
@@ -385,13 +422,13 @@ impl RequestLog {
         // The JSON line is rendered here, by hand, into a reused buffer: the same fields the
         // generic formatter below writes, at a fraction of its cost (see `benches/stages.rs`).
         // `RUST_LOG` still decides whether access lines are written.
-        if let Some(writer) = ACCESS_JSON.get()
+        if ACCESS_JSON.load(Ordering::Relaxed)
             && tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
         {
             LINE.with_borrow_mut(|line| {
                 line.clear();
                 self.render_json(line, route, duration_ms, bytes);
-                let _ = std::io::Write::write_all(&mut writer.clone(), line.as_bytes());
+                STDOUT.append(line.as_bytes());
             });
             return;
         }

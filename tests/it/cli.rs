@@ -367,8 +367,10 @@ fn demo_prints_curl_commands_that_do_what_they_say() {
         .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin}"))
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{up}"));
     std::fs::write(dir.path().join("gateway.yaml"), example).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("demo")
+    // Pinned to one CPU, so the single-threaded runtime serves it (the JSON access log test
+    // above runs on every CPU, with the multi-threaded one).
+    let mut child = Command::new("taskset")
+        .args(["-c", "0", BIN, "demo"])
         .current_dir(dir.path())
         .env_remove("PORTCULLIS_CONFIG")
         .stdout(Stdio::piped())

@@ -189,6 +189,8 @@ pub struct Connection {
     revoked: AtomicBool,
     /// Wakes the connection task to close at once.
     pub close: tokio::sync::Notify,
+    /// `remote`'s address as an `X-Forwarded-For` value, made on the first forward.
+    forwarded_for: std::sync::OnceLock<HeaderValue>,
 }
 
 /// One connection's place under `limits.max_connections`, and its count in
@@ -261,7 +263,14 @@ impl Connection {
             stop,
             revoked: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
+            forwarded_for: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client's address as a header value (made once per connection).
+    pub fn forwarded_for(&self) -> &HeaderValue {
+        self.forwarded_for
+            .get_or_init(|| headers::header_value(&self.remote.ip().to_string()))
     }
 
     /// The caller under `state`, computed on the first request after a (re)load.
@@ -564,6 +573,8 @@ impl GatewayService {
         };
 
         let h = &mut parts.headers;
+        // Room for what is added below, so the map grows once rather than entry by entry.
+        h.reserve(identity_headers.len() + 5);
         headers::strip_hop_by_hop(h, websocket);
         if !config.forward.credentials {
             h.remove(header::AUTHORIZATION);
@@ -589,7 +600,7 @@ impl GatewayService {
         if config.forward.x_forwarded {
             headers::set_forwarded(
                 h,
-                self.conn.remote.ip(),
+                self.conn.forwarded_for(),
                 host.as_ref().map(|h| h.name.as_str()),
             );
         }

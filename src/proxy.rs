@@ -187,7 +187,9 @@ impl Upstream {
                 *again.method_mut() = r.method;
                 *again.uri_mut() = r.uri;
                 *again.headers_mut() = r.headers;
-                self.attempt(again, false).await.map_err(|f| self.failed(f))?
+                self.attempt(again, false)
+                    .await
+                    .map_err(|f| self.failed(f))?
             }
             other => other?,
         };

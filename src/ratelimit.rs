@@ -44,13 +44,31 @@ impl Outcome {
     /// up), and `Retry-After` when denied.
     pub fn write_headers(&self, h: &mut HeaderMap) {
         let reset = ceil_secs(self.reset);
-        h.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        h.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        h.insert("ratelimit-reset", HeaderValue::from(reset));
+        h.reserve(4);
+        h.insert(RATELIMIT_LIMIT, number(self.limit.into()));
+        h.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
+        h.insert(RATELIMIT_RESET, number(reset));
         if !self.allowed {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(reset.max(1)));
+            h.insert(http::header::RETRY_AFTER, number(reset.max(1)));
         }
     }
+}
+
+const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
+/// A number as a header value, in one allocation (`HeaderValue::from(u64)` makes two).
+fn number(n: u64) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 20];
+    let len = {
+        let mut rest = &mut buf[..];
+        // u64::MAX has 20 digits: the buffer always has room.
+        let _ = write!(rest, "{n}");
+        20 - rest.len()
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Whole seconds, rounded up.

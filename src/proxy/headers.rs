@@ -208,21 +208,30 @@ pub fn header_value(text: &str) -> HeaderValue {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Appends the client IP to X-Forwarded-For and sets X-Forwarded-Proto and -Host.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, host: Option<&str>) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the client IP (`client`, from [`Connection::forwarded_for`]) to X-Forwarded-For
+/// and sets X-Forwarded-Proto and -Host.
+///
+/// [`Connection::forwarded_for`]: crate::gateway::Connection::forwarded_for
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&str>) {
+    // A client's own X-Forwarded-For only arrives here when trusted_client_headers keeps it.
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            header_value(&format!("{prev}, {}", client.to_str().unwrap_or_default()))
+        }
+        _ => client.clone(),
     };
-    headers.insert("x-forwarded-for", header_value(&xff));
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     match host {
         Some(h) => {
-            headers.insert("x-forwarded-host", header_value(h));
+            headers.insert(X_FORWARDED_HOST, header_value(h));
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(X_FORWARDED_HOST);
         }
     }
 }

@@ -256,7 +256,11 @@ mod tests {
         assert_eq!(pool.idle_len(), 1);
         again.check_in();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(pool.idle_len(), 0, "the reaper closes connections past the idle timeout");
+        assert_eq!(
+            pool.idle_len(),
+            0,
+            "the reaper closes connections past the idle timeout"
+        );
         assert!(pool.checkout().is_none());
         drop(accept.await.unwrap());
     }

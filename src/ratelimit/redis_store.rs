@@ -6,9 +6,12 @@
 //! holds only callers that are actually spending budget. Caller keys are hashed (SHA-256) so
 //! identities do not appear in Redis.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
@@ -16,26 +19,41 @@ use sha2::{Digest, Sha256};
 use super::{Outcome, StoreUnavailable};
 use crate::config::LimitSpec;
 
-/// KEYS[1]: bucket. ARGV: interval µs, burst. Returns {allowed, remaining, reset µs}.
+/// KEYS[1]: bucket. ARGV: interval µs, burst, n (requests to decide, in order). Grants the
+/// first `granted` of them, exactly as `n` calls for one request each would.
+/// Returns {granted, remaining after them, reset µs after them, retry µs for the rest}.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local tolerance = interval * (burst - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
-if tat - now > tolerance then
-  return {0, 0, tat - now - tolerance}
+local granted = 0
+if tat - now <= tolerance then
+  granted = math.min(n, math.floor((now + tolerance - tat) / interval) + 1)
 end
-local new_tat = tat + interval
-local ttl_ms = math.ceil((new_tat - now) / 1000)
-redis.call('SET', KEYS[1], new_tat, 'PX', ttl_ms)
-local remaining = math.floor((now + tolerance - new_tat) / interval) + 1
-return {1, remaining, new_tat - now}
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
+end
+local remaining = 0
+if now + tolerance >= tat then
+  remaining = math.floor((now + tolerance - tat) / interval) + 1
+end
+local retry = tat - now - tolerance
+if retry < 0 then
+  retry = 0
+end
+return {granted, remaining, tat - now, retry}
 "#;
+
+/// Requests decided by one script call at most; more wait for the next call.
+const MAX_BATCH: usize = 256;
 
 /// Decisions through Redis.
 pub struct RedisStore {
@@ -52,7 +70,18 @@ pub struct RedisStore {
     /// refuses connections) while a background probe waits for it to come back. Shared with
     /// that probe, which ends when the store is dropped.
     down: Arc<AtomicBool>,
+    /// Buckets with a script call in flight, and the requests that arrived for them since:
+    /// those are decided together by the next call, one round trip for all of them.
+    waiting: Mutex<HashMap<String, Vec<Waiter>>>,
 }
+
+thread_local! {
+    /// The bucket name being looked up, reused from request to request.
+    static BUCKET: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A request waiting for its bucket's next call.
+type Waiter = oneshot::Sender<Result<Outcome, StoreUnavailable>>;
 
 /// How often a down store is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -78,6 +107,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             timeout,
             down: Arc::new(AtomicBool::new(false)),
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -88,11 +118,16 @@ impl RedisStore {
 
     /// Decides one request.
     ///
+    /// Requests for the same bucket that arrive while a call for it is in flight wait for the
+    /// next call and are decided together, in arrival order, by one script call: under load a
+    /// round trip to Redis serves many requests, and each is counted exactly as if it had
+    /// been sent alone.
+    ///
     /// # Errors
     /// [`StoreUnavailable`] when Redis is down or slower than `store_timeout`. The first
     /// failure of an outage is logged, and so is the recovery.
     pub async fn check(
-        &self,
+        self: &Arc<Self>,
         route: &str,
         spec: &LimitSpec,
         key: &str,
@@ -100,8 +135,73 @@ impl RedisStore {
         if self.down.load(Ordering::Relaxed) {
             return Err(StoreUnavailable);
         }
-        let digest = Sha256::digest(key.as_bytes());
-        let bucket = format!("{}{}:{}", self.prefix, route, hex::encode(&digest[..16]));
+        let (tx, rx) = oneshot::channel();
+        let lead = BUCKET.with_borrow_mut(|bucket| {
+            self.bucket_name(bucket, route, key);
+            let mut waiting = self.lock_waiting();
+            match waiting.get_mut(bucket.as_str()) {
+                Some(queue) => {
+                    queue.push(tx);
+                    None
+                }
+                None => {
+                    waiting.insert(bucket.clone(), Vec::new());
+                    Some((bucket.clone(), tx))
+                }
+            }
+        });
+        if let Some((bucket, first)) = lead {
+            // The calls run in a task of their own, so a request that goes away while it
+            // waits cannot strand the others queued behind it.
+            tokio::spawn(self.clone().drive(bucket, *spec, vec![first]));
+        }
+        // Each call is bounded by store_timeout (and then fails the whole batch): a request
+        // that queued behind a call in flight waits at most twice that.
+        rx.await.unwrap_or(Err(StoreUnavailable))
+    }
+
+    /// `{prefix}{route}:{first 16 bytes of SHA-256(key), hex}`: identities stay out of Redis.
+    fn bucket_name(&self, out: &mut String, route: &str, key: &str) {
+        use std::fmt::Write as _;
+        out.clear();
+        out.push_str(&self.prefix);
+        out.push_str(route);
+        out.push(':');
+        for b in &Sha256::digest(key.as_bytes())[..16] {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiter>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decides `batch`, then whatever queued for `bucket` meanwhile, until nothing has.
+    async fn drive(self: Arc<Self>, bucket: String, spec: LimitSpec, mut batch: Vec<Waiter>) {
+        loop {
+            let result = self.call(&bucket, &spec, batch.len()).await;
+            for (i, waiter) in batch.drain(..).enumerate() {
+                let outcome = result
+                    .as_ref()
+                    .map_err(|_| StoreUnavailable)
+                    .map(|d| d.outcome(i, &spec));
+                let _ = waiter.send(outcome);
+            }
+            let mut waiting = self.lock_waiting();
+            let Some(queue) = waiting.get_mut(&bucket) else {
+                return;
+            };
+            if queue.is_empty() {
+                waiting.remove(&bucket);
+                return;
+            }
+            let take = queue.len().min(MAX_BATCH);
+            batch.extend(queue.drain(..take));
+        }
+    }
+
+    /// One script call deciding `n` requests.
+    async fn call(&self, bucket: &str, spec: &LimitSpec, n: usize) -> Result<Decided, ()> {
         let interval = spec.interval().as_micros().max(1) as u64;
         let conn = self
             .conn
@@ -111,22 +211,31 @@ impl RedisStore {
             .await;
         let mut conn = match conn {
             Ok(c) => c.clone(),
-            Err(e) => return Err(self.failed(&e.to_string())),
+            Err(e) => {
+                self.failed(&e.to_string());
+                return Err(());
+            }
         };
         let call = async {
             let mut inv = self.script.prepare_invoke();
-            inv.key(&bucket).arg(interval).arg(spec.burst);
-            inv.invoke_async::<(i64, i64, i64)>(&mut conn).await
+            inv.key(bucket).arg(interval).arg(spec.burst).arg(n);
+            inv.invoke_async::<(i64, i64, i64, i64)>(&mut conn).await
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok((allowed, remaining, reset_us))) => Ok(Outcome {
-                allowed: allowed == 1,
-                limit: spec.burst,
+            Ok(Ok((granted, remaining, reset_us, retry_us))) => Ok(Decided {
+                granted: usize::try_from(granted.max(0)).unwrap_or(0),
                 remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
                 reset: Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0)),
+                retry: Duration::from_micros(u64::try_from(retry_us.max(0)).unwrap_or(0)),
             }),
-            Ok(Err(e)) => Err(self.failed(&e.to_string())),
-            Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                Err(())
+            }
+            Err(_) => {
+                self.failed("no answer within rate_limits.store_timeout");
+                Err(())
+            }
         }
     }
 
@@ -141,6 +250,43 @@ impl RedisStore {
             ));
         }
         StoreUnavailable
+    }
+}
+
+/// What one script call decided for a batch.
+struct Decided {
+    /// The first `granted` requests of the batch are allowed.
+    granted: usize,
+    /// Left after all the granted ones.
+    remaining: u32,
+    /// Until the bucket is full again, after the granted ones.
+    reset: Duration,
+    /// Until the next request could be allowed.
+    retry: Duration,
+}
+
+impl Decided {
+    /// The outcome of the `i`-th request of the batch, as a call of its own would have
+    /// reported it: each granted request saw the budget before the ones after it.
+    fn outcome(&self, i: usize, spec: &LimitSpec) -> Outcome {
+        if i < self.granted {
+            let after = u32::try_from(self.granted - 1 - i).unwrap_or(u32::MAX);
+            Outcome {
+                allowed: true,
+                limit: spec.burst,
+                remaining: self.remaining.saturating_add(after),
+                reset: self
+                    .reset
+                    .saturating_sub(spec.interval().saturating_mul(after)),
+            }
+        } else {
+            Outcome {
+                allowed: false,
+                limit: spec.burst,
+                remaining: 0,
+                reset: self.retry,
+            }
+        }
     }
 }
 

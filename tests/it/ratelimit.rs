@@ -197,6 +197,63 @@ async fn two_replicas_sharing_redis_enforce_one_limit_not_two() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_through_redis_are_each_counted_once() {
+    // 60 requests at once on one HTTP/2 connection (one identity, one bucket): they queue
+    // behind each other's Redis calls and are decided in batches. The budget of 10 (no
+    // refill during the test) must admit exactly 10, each told a different remaining count,
+    // as if every request had been decided alone.
+    let redis = RedisServer::start();
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let cfg = format!(
+        "{}rate_limits:\n  store: {}\n",
+        routes("{ key: identity, rate: 1/hour, burst: 10 }"),
+        redis.url()
+    );
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
+    let (sender, _conn) = crate::support::client::Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
+        .h2_session()
+        .await;
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let mut s = sender.clone();
+        all.spawn(async move {
+            s.send_request(crate::support::client::request("GET", "/x"))
+                .await
+                .unwrap()
+        });
+    }
+    let replies = all.join_all().await;
+    let mut remaining: Vec<u32> = Vec::new();
+    let mut denied = 0;
+    for r in &replies {
+        match r.status().as_u16() {
+            200 => remaining.push(
+                r.headers()["ratelimit-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            ),
+            429 => {
+                denied += 1;
+                assert!(r.headers().contains_key("retry-after"));
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..10).collect::<Vec<u32>>(), "{denied} denied");
+    assert_eq!(denied, 50);
+    let calls = redis.calls("evalsha");
+    assert!(
+        (1..60).contains(&calls),
+        "{calls} script calls for 60 concurrent requests: they were not batched"
+    );
+}
+
+#[tokio::test]
 async fn redis_outages_follow_on_store_error_and_recover() {
     let mut redis = RedisServer::start();
     let mut pki = TestPki::new();

@@ -66,6 +66,27 @@ impl RedisServer {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
+    /// How many times `command` (lower case, e.g. "evalsha") has run, from INFO commandstats.
+    pub fn calls(&self, command: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"INFO commandstats\r\n").unwrap();
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        // A bulk string: read until the section's last line has arrived.
+        while !text.ends_with("\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "redis closed the connection: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let prefix = format!("cmdstat_{command}:calls=");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// Kills the server (an outage).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

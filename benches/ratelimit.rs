@@ -96,7 +96,9 @@ fn main() {
     match &redis {
         Some(r) => {
             let url = format!("redis://127.0.0.1:{}/0", r.1);
-            let store = RedisStore::new(&url, "bench:", Duration::from_millis(500)).unwrap();
+            let store = std::sync::Arc::new(
+                RedisStore::new(&url, "bench:", Duration::from_millis(500)).unwrap(),
+            );
             c.bench_function("ratelimit/redis_decision", |b| {
                 b.iter(|| rt.block_on(store.check("api", &never, black_box("id:CN=reader-bob"))))
             });
@@ -124,7 +126,9 @@ fn main() {
     );
     if let Some(r) = &redis {
         let url = format!("redis://127.0.0.1:{}/0", r.1);
-        let store = RedisStore::new(&url, "accuracy:", Duration::from_millis(500)).unwrap();
+        let store = std::sync::Arc::new(
+            RedisStore::new(&url, "accuracy:", Duration::from_millis(500)).unwrap(),
+        );
         let (mut offered, mut allowed, mut errors) = (0u64, 0u64, 0u64);
         let start = Instant::now();
         rt.block_on(async {

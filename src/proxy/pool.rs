@@ -212,9 +212,27 @@ impl Checkout {
     /// been read to its end: hyper accepts the next request once it has finished this one,
     /// and [`Pool::checkout`] callers wait for that with `ready()`.
     pub(crate) fn check_in(self) {
-        if let Some(pool) = self.pool.upgrade() {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if self.sender.is_ready() {
             pool.put(self.sender);
+            return;
         }
+        // hyper has not finished with the exchange yet: typically the upstream answered
+        // before the request body was all sent (an early 413), and the rest is still on its
+        // way. Pool it once it is done, so no request ever waits behind another's upload.
+        let mut sender = self.sender;
+        let weak = self.pool;
+        let wait = pool.idle_timeout;
+        drop(pool);
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await
+                && let Some(pool) = weak.upgrade()
+            {
+                pool.put(sender);
+            }
+        });
     }
 }
 
@@ -245,9 +263,12 @@ mod tests {
             Duration::from_millis(300),
         ));
         assert!(pool.checkout().is_none());
-        let a = pool.connect().await.unwrap();
-        let b = pool.connect().await.unwrap();
+        let mut a = pool.connect().await.unwrap();
+        let mut b = pool.connect().await.unwrap();
         assert!(!a.reused);
+        // As after an exchange: hyper is ready for the next request.
+        a.sender.ready().await.unwrap();
+        b.sender.ready().await.unwrap();
         a.check_in();
         b.check_in();
         assert_eq!(pool.idle_len(), 2);

@@ -91,6 +91,53 @@ async fn pooled_connections_are_closed_after_pool_idle_timeout() {
 }
 
 /// Sends a POST of `total` bytes in `chunk`s, pausing `pause` between them; the response head.
+#[tokio::test]
+async fn a_connection_still_taking_an_upload_is_not_lent_to_the_next_request() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    // The first connection answers 413 as soon as it has the head and then keeps reading
+    // whatever arrives, answering nothing more; every later one answers 200.
+    let up = RogueUpstream::start(|mut s, n| async move {
+        if n == 0 {
+            if read_request(&mut s).await.is_some() {
+                let _ = s
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let mut sink = [0u8; 4096];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+            return;
+        }
+        while read_request(&mut s).await.is_some() {
+            if s.write_all(OK).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&pki, up.addr, "", "").await;
+    let c = gw.client(Some(&bob));
+
+    // An upload that declares 100 kB, sends 10 bytes and stalls: the upstream's early 413
+    // reaches the client while the upstream connection still waits for the rest.
+    let mut upload = c.connect().await.unwrap();
+    upload
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let answer = head(&mut upload).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // The next request must not be queued behind that upload on the same connection (it
+    // would wait there for the upstream timeout, 2 s, and get 504): a new connection serves it.
+    let r = c.get("/x").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(up.connections(), 2);
+    drop(upload);
+}
+
 async fn slow_upload(c: &Client, total: usize, chunk: usize, pause: Duration) -> String {
     let mut tls = c.connect().await.unwrap();
     tls.write_all(

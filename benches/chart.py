@@ -2,6 +2,7 @@
 """An SVG chart of peer-harness reports: each proxy's figures as ratios to nginx.
 
     benches/chart.py target/bench/peers-plain-*.json target/bench/peers-policy-*.json > docs/peers.svg
+    benches/chart.py --table target/bench/peers-plain-*.json   # the same figures as Markdown
 
 One panel per report (the template is read from the file name `peers-<template>-<stamp>.json`),
 one row per figure, one bar per proxy other than nginx; the dashed line is nginx (1.0). Rows
@@ -26,7 +27,7 @@ ROW_H, BAR_H, LEFT, RIGHT, WIDTH = 34, 11, 250, 70, 820
 
 
 def template_of(path, report):
-    m = re.search(r"peers-(.+?)-\d{8}T\d{6}Z\.json$", path)
+    m = re.search(r"(?:peers|before|after)-(.+?)-(?:\d{8}T\d{6}Z|[0-9a-f]{7,40})\.json$", path)
     return m.group(1) if m else report.get("meta", {}).get("timestamp_utc", path)
 
 
@@ -111,6 +112,11 @@ def main(paths):
         f"{meta.get('timestamp_utc', '')}"
     )
     legend.append(f'<text x="10" y="{y}" class="c">{escape(caption)}</text>')
+    y += 15
+    legend.append(
+        f'<text x="10" y="{y}" class="c">nginx and HAProxy run the same plain proxy '
+        "configuration in every panel; only portcullis's template changes.</text>"
+    )
     height = y + 12
     print(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -122,5 +128,35 @@ def main(paths):
     )
 
 
+def table(paths):
+    """Medians and ratios to nginx of each report, as a Markdown table."""
+    cols = [
+        ("ka_rps_per_cpu_s", "ka req/CPU-s", "{:.0f}"),
+        ("ka_p99_ms", "ka p99 ms", "{:.2f}"),
+        ("h2_rps", "h2 req/s", "{:.0f}"),
+        ("hs_per_cpu_s", "handshakes/CPU-s", "{:.0f}"),
+        ("rss_mib_per_1k_idle", "RSS MiB/1k idle", "{:.1f}"),
+    ]
+    print("| template | proxy | " + " | ".join(c[1] for c in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        for proxy, r in report["results"].items():
+            cells = []
+            for key, _, fmt in cols:
+                v, ratio = r["median"].get(key), r["ratio_vs_nginx"].get(key)
+                if v is None:
+                    cells.append("-")
+                elif proxy == report.get("reference", "nginx"):
+                    cells.append(fmt.format(v))
+                else:
+                    cells.append(f"{fmt.format(v)} ({ratio:.2f}x)")
+            print(f"| {template_of(path, report)} | {proxy} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--table"]:
+        table(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

@@ -77,7 +77,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// The store could not decide in time; `on_store_error` says what happens.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct StoreUnavailable;
 
 /// The network a client address is budgeted as: an IPv4 address (IPv4-mapped IPv6 included)

@@ -160,14 +160,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_keep_their_order_are_batched_and_none_is_lost_on_close() {
+    /// A sink with its writer running into a recorder.
+    fn started() -> (Arc<Sink>, Recorder, std::thread::JoinHandle<()>) {
         let sink = Arc::new(Sink::new());
         let out = Recorder::default();
         let writer = {
             let (sink, mut out) = (sink.clone(), out.clone());
             std::thread::spawn(move || sink.run(&mut out))
         };
+        (sink, out, writer)
+    }
+
+    #[test]
+    fn lines_keep_their_order_are_batched_and_none_is_lost_on_close() {
+        let (sink, out, writer) = started();
         let producers: Vec<_> = (0..4)
             .map(|p| {
                 let sink = sink.clone();
@@ -200,12 +206,7 @@ mod tests {
 
     #[test]
     fn a_quiet_line_is_written_without_waiting_for_more() {
-        let sink = Arc::new(Sink::new());
-        let out = Recorder::default();
-        let writer = {
-            let (sink, mut out) = (sink.clone(), out.clone());
-            std::thread::spawn(move || sink.run(&mut out))
-        };
+        let (sink, out, writer) = started();
         sink.append(b"one\n");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while out.0.lock().unwrap().0.is_empty() && std::time::Instant::now() < deadline {

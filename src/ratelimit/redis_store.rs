@@ -181,10 +181,7 @@ impl RedisStore {
         loop {
             let result = self.call(&bucket, &spec, batch.len()).await;
             for (i, waiter) in batch.drain(..).enumerate() {
-                let outcome = result
-                    .as_ref()
-                    .map_err(|_| StoreUnavailable)
-                    .map(|d| d.outcome(i, &spec));
+                let outcome = result.as_ref().map(|d| d.outcome(i, &spec)).map_err(|e| *e);
                 let _ = waiter.send(outcome);
             }
             let mut waiting = self.lock_waiting();
@@ -201,7 +198,12 @@ impl RedisStore {
     }
 
     /// One script call deciding `n` requests.
-    async fn call(&self, bucket: &str, spec: &LimitSpec, n: usize) -> Result<Decided, ()> {
+    async fn call(
+        &self,
+        bucket: &str,
+        spec: &LimitSpec,
+        n: usize,
+    ) -> Result<Decided, StoreUnavailable> {
         let interval = spec.interval().as_micros().max(1) as u64;
         let conn = self
             .conn
@@ -211,10 +213,7 @@ impl RedisStore {
             .await;
         let mut conn = match conn {
             Ok(c) => c.clone(),
-            Err(e) => {
-                self.failed(&e.to_string());
-                return Err(());
-            }
+            Err(e) => return Err(self.failed(&e.to_string())),
         };
         let call = async {
             let mut inv = self.script.prepare_invoke();
@@ -228,14 +227,8 @@ impl RedisStore {
                 reset: Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0)),
                 retry: Duration::from_micros(u64::try_from(retry_us.max(0)).unwrap_or(0)),
             }),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                Err(())
-            }
-            Err(_) => {
-                self.failed("no answer within rate_limits.store_timeout");
-                Err(())
-            }
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
         }
     }
 

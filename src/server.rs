@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -226,23 +227,93 @@ async fn accept_loop(
                 continue;
             }
         };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let connections = slots.connections.clone();
-        tokio::spawn(async move {
-            serve_connection(&shared, tcp, remote, handshake, connections, stop).await;
-        });
+        tokio::spawn(serve_connection(
+            shared.clone(),
+            tcp,
+            remote,
+            handshake,
+            slots.connections.clone(),
+            stop.clone(),
+        ));
     }
 }
 
+/// A connection's task, from accept to close.
+///
+/// What idle connections hold is most of the gateway's memory, so this task stays small: an
+/// `async fn` reserves room for everything any of its awaits keeps alive (and a value again
+/// wherever it is moved), so the handshake runs in a box freed when it ends, and the TLS stream
+/// and the HTTP connection live in boxes of exactly their own size.
 async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+    connections: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+) {
+    let accepted = Box::pin(accept(&shared, tcp, remote, handshake, connections, stop)).await;
+    let Some(Accepted {
+        tls,
+        conn,
+        limits,
+        h2,
+        stop,
+    }) = accepted
+    else {
+        return;
+    };
+    let service = GatewayService::new(shared.clone(), conn.clone());
+    let io = TokioIo::new(ActivityIo::new(tls, conn.activity.clone()));
+    let watch = Watchdog {
+        shared: &shared,
+        conn: &conn,
+        limits: &limits,
+        h2,
+        stop,
+    };
+    if h2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(128)
+            .serve_connection(io, service);
+        watch.drive(Box::pin(connection)).await;
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // hyper's own header timer also runs while a keep-alive connection waits for its
+            // next request, which would make header_timeout cap idle_timeout; the watchdog
+            // starts the header clock at the first byte of a head instead.
+            .header_read_timeout(None)
+            // hyper answers 431 itself past this; smaller heads over the limit get our JSON 431.
+            .max_buf_size((limits.max_header_bytes + 4096).max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        watch.drive(Box::pin(connection)).await;
+    }
+}
+
+/// A connection past its handshake, holding a connection slot.
+struct Accepted {
+    tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    conn: Arc<Connection>,
+    limits: Limits,
+    h2: bool,
+    stop: watch::Receiver<bool>,
+}
+
+/// The TLS handshake under `handshake_timeout`, the peer certificate read once, and the wait
+/// for a connection slot (with the handshake permit still held, so waiting connections stay
+/// bounded too). `None` when the connection ends here; failures are logged and counted.
+async fn accept(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     remote: SocketAddr,
     handshake: OwnedSemaphorePermit,
     connections: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<Accepted> {
     let _ = tcp.set_nodelay(true);
     // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d; they are IPv4 everywhere.
     let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
@@ -253,87 +324,55 @@ async fn serve_connection(
     drop(state);
 
     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => Box::new(s),
         Ok(Err(e)) => {
-            return handshake_failed(
-                shared,
-                remote,
-                crate::tls::failure_reason(&e),
-                &e.to_string(),
-            );
+            let reason = crate::tls::failure_reason(&e);
+            handshake_failed(shared, remote, reason, &e.to_string());
+            return None;
         }
         Err(_) => {
-            return handshake_failed(
-                shared,
-                remote,
-                "timeout",
-                "handshake not finished within handshake_timeout",
-            );
+            let detail = "handshake not finished within handshake_timeout";
+            handshake_failed(shared, remote, "timeout", detail);
+            return None;
         }
     };
     let session = tls.get_ref().1;
     let cert = match session.peer_certificates() {
         Some(chain) if !chain.is_empty() => match PeerCert::from_der(&chain[0]) {
             Ok(c) => Some((c, chain.iter().map(|c| c.clone().into_owned()).collect())),
-            Err(e) => return handshake_failed(shared, remote, "bad_certificate", &e.to_string()),
+            Err(e) => {
+                handshake_failed(shared, remote, "bad_certificate", &e.to_string());
+                return None;
+            }
         },
         _ => None,
     };
     let h2 = session.alpn_protocol() == Some(b"h2");
 
-    // A connection slot, waited for while the handshake permit is still held, so connections
-    // waiting for a slot stay bounded too.
     let permit = tokio::select! {
-        p = connections.acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-        _ = stop.wait_for(|draining| *draining) => return,
+        p = connections.acquire_owned() => p.ok()?,
+        _ = stop.wait_for(|draining| *draining) => return None,
     };
     drop(handshake);
     if *stop.borrow() {
-        return;
+        return None;
     }
     let slot = ConnectionSlot::new(permit, shared.metrics.clone());
-    let activity = Arc::new(Activity::default());
     let conn = Arc::new(Connection::new(
         remote,
         cert,
         verified_under,
-        activity.clone(),
+        Arc::new(Activity::default()),
         Some(slot),
         stop.clone(),
     ));
-    let service = GatewayService::new(shared.clone(), conn.clone());
-    let io = TokioIo::new(ActivityIo::new(tls, activity));
-    let watch = Watchdog {
-        shared,
-        conn: &conn,
-        limits: &limits,
+    Some(Accepted {
+        tls,
+        conn,
+        limits,
         h2,
         stop,
-    };
-    if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(128);
-        watch.drive(builder.serve_connection(io, service)).await;
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            // hyper's own header timer also runs while a keep-alive connection waits for its
-            // next request, which would make header_timeout cap idle_timeout; the watchdog
-            // starts the header clock at the first byte of a head instead.
-            .header_read_timeout(None)
-            // hyper answers 431 itself past this; smaller heads over the limit get our JSON 431.
-            .max_buf_size((limits.max_header_bytes + 4096).max(8192));
-        watch
-            .drive(builder.serve_connection(io, service).with_upgrades())
-            .await;
-    }
+    })
 }
 
 /// A served connection that can be asked to finish gracefully.
@@ -378,8 +417,7 @@ struct Watchdog<'a> {
 }
 
 impl Watchdog<'_> {
-    async fn drive(mut self, connection: impl Graceful) {
-        tokio::pin!(connection);
+    async fn drive(mut self, mut connection: Pin<Box<impl Graceful>>) {
         let remote = self.conn.remote;
         let limits = self.limits;
         let activity = &self.conn.activity;

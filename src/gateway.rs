@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 
 use crate::auth::guard::AuthGuard;
 use crate::auth::{self, AuthFailure, Authenticator};
-use crate::config::{Config, ConfigErrors, OnStoreError, PathParameters};
+use crate::config::{CertFormat, Config, ConfigErrors, OnStoreError, PathParameters};
 use crate::error::GatewayError;
 use crate::identity::PeerCert;
 use crate::metrics::{Metrics, RouteLabel, RouteReason, UpstreamKind};
@@ -191,6 +191,10 @@ pub struct Connection {
     pub close: tokio::sync::Notify,
     /// `remote`'s address as an `X-Forwarded-For` value, made on the first forward.
     forwarded_for: std::sync::OnceLock<HeaderValue>,
+    /// The certificate as forwarded upstream, in each format, made when first needed (a
+    /// reload may switch the format; an idle connection holds neither).
+    cert_xfcc: std::sync::OnceLock<HeaderValue>,
+    cert_rfc9440: std::sync::OnceLock<HeaderValue>,
 }
 
 /// One connection's place under `limits.max_connections`, and its count in
@@ -264,7 +268,25 @@ impl Connection {
             revoked: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
             forwarded_for: std::sync::OnceLock::new(),
+            cert_xfcc: std::sync::OnceLock::new(),
+            cert_rfc9440: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client certificate as its identity header carries it, when there is one.
+    pub fn cert_header(&self, format: CertFormat) -> Option<HeaderValue> {
+        let cert = self.cert.as_ref()?;
+        let value = match format {
+            CertFormat::Xfcc => self
+                .cert_xfcc
+                .get_or_init(|| headers::header_value(&cert.xfcc())),
+            CertFormat::Rfc9440 => {
+                let der = self.chain.first()?;
+                self.cert_rfc9440
+                    .get_or_init(|| headers::header_value(&crate::identity::rfc9440(der)))
+            }
+        };
+        Some(value.clone())
     }
 
     /// The client's address as a header value (made once per connection).
@@ -289,7 +311,11 @@ impl Connection {
             trusted: self.trusted_under(state),
             identity: caller.identity.as_deref().map(Arc::from),
             roles: Arc::from(caller.roles.join(",")),
-            headers: headers::identity_headers(&caller, self.cert.as_ref(), &state.config.forward),
+            headers: headers::identity_headers(
+                &caller,
+                self.cert_header(state.config.forward.client_cert_format),
+                &state.config.forward,
+            ),
             keys: CallerKeys::new(&caller, self.remote.ip()),
             caller,
         });
@@ -471,8 +497,8 @@ impl GatewayService {
         let per_request: Option<(Caller, Vec<(HeaderName, HeaderValue)>)> = if presented.any() {
             let (caller, c) = self.authenticate(state, presented, log).await?;
             claims = c;
-            let headers =
-                headers::identity_headers(&caller, self.conn.cert.as_ref(), &config.forward);
+            let cert = self.conn.cert_header(config.forward.client_cert_format);
+            let headers = headers::identity_headers(&caller, cert, &config.forward);
             Some((caller, headers))
         } else {
             None

@@ -31,10 +31,6 @@ pub struct PeerCert {
     pub san_uri: Vec<String>,
     /// E-mail subject alternative names.
     pub san_email: Vec<String>,
-    /// The certificate as forwarded upstream (XFCC or RFC 9440), computed once per connection.
-    pub forwarded_xfcc: String,
-    /// `:base64(DER):` for RFC 9440's Client-Cert header.
-    pub forwarded_rfc9440: String,
 }
 
 /// Why a certificate could not be read.
@@ -69,11 +65,6 @@ impl PeerCert {
                 }
             }
         }
-        pc.forwarded_xfcc = pc.xfcc();
-        pc.forwarded_rfc9440 = format!(
-            ":{}:",
-            base64::engine::general_purpose::STANDARD.encode(der)
-        );
         Ok(pc)
     }
 
@@ -85,7 +76,7 @@ impl PeerCert {
     }
 
     /// Envoy's XFCC element: `Hash=..;Subject="..";URI=..;DNS=..`.
-    fn xfcc(&self) -> String {
+    pub fn xfcc(&self) -> String {
         let mut out = format!("Hash={}", hex::encode(self.fingerprint));
         let _ = write!(
             out,
@@ -100,6 +91,16 @@ impl PeerCert {
         }
         out
     }
+}
+
+/// RFC 9440's `Client-Cert` value for a certificate: `:base64(DER):`.
+pub fn rfc9440(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = String::with_capacity(base64::encoded_len(der.len(), true).unwrap_or(0) + 2);
+    out.push(':');
+    b64.encode_string(der, &mut out);
+    out.push(':');
+    out
 }
 
 /// XFCC values containing `,`, `;`, `=` or `"` are quoted, with `"` escaped.
@@ -199,12 +200,16 @@ mod tests {
         assert_eq!(pc.identity(), "spiffe://acme.internal/ns/prod/sa/billing");
         assert!(pc.subject.contains("CN=ops-alice"), "{}", pc.subject);
         assert!(pc.subject.contains("O=Acme\\, Inc"), "{}", pc.subject);
-        assert!(pc.forwarded_xfcc.starts_with("Hash="));
+        let xfcc = pc.xfcc();
+        assert!(xfcc.starts_with("Hash="), "{xfcc}");
         assert!(
-            pc.forwarded_xfcc
-                .contains("URI=spiffe://acme.internal/ns/prod/sa/billing")
+            xfcc.contains("URI=spiffe://acme.internal/ns/prod/sa/billing"),
+            "{xfcc}"
         );
-        assert!(pc.forwarded_rfc9440.starts_with(':') && pc.forwarded_rfc9440.ends_with(':'));
+        let der = cert("ops-alice", &[]);
+        let value = rfc9440(&der);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(value, format!(":{}:", b64.encode(&der)));
     }
 
     #[test]

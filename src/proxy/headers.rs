@@ -6,8 +6,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{CertFormat, ForwardSettings, UnderscoreHeaders};
-use crate::identity::PeerCert;
+use crate::config::{ForwardSettings, UnderscoreHeaders};
 use crate::policy::Caller;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the names a
@@ -149,7 +148,7 @@ fn is_identity(n: &str, f: &ForwardSettings) -> bool {
 /// snapshot) and inserted into each forwarded request after `strip_identity`.
 pub fn identity_headers(
     caller: &Caller,
-    cert: Option<&PeerCert>,
+    cert: Option<HeaderValue>,
     f: &ForwardSettings,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(5);
@@ -170,11 +169,7 @@ pub fn identity_headers(
         out.push((f.factors.clone(), header_value(&names.join(","))));
     }
     if let Some(cert) = cert {
-        let v = match f.client_cert_format {
-            CertFormat::Xfcc => &cert.forwarded_xfcc,
-            CertFormat::Rfc9440 => &cert.forwarded_rfc9440,
-        };
-        out.push((f.client_cert.clone(), header_value(v)));
+        out.push((f.client_cert.clone(), cert));
     }
     out
 }

@@ -141,6 +141,39 @@ async fn tls12_is_accepted_by_default_and_refused_with_min_version_13() {
 }
 
 #[tokio::test]
+async fn the_gateway_prefers_aes_128_gcm_and_serves_clients_that_offer_only_another_suite() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    // OpenSSL's order: AES-256 first. The server's order wins (SHA-256 is the cheaper hash).
+    for (offered, expected) in [
+        (
+            vec![
+                suite::TLS13_AES_256_GCM_SHA384,
+                suite::TLS13_AES_128_GCM_SHA256,
+            ],
+            suite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![suite::TLS13_AES_256_GCM_SHA384],
+            suite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            vec![suite::TLS13_CHACHA20_POLY1305_SHA256],
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let c = Client::with_suites(gw.addr, &gw.ca_pem, Some(&bob), &offered);
+        let tls = c.connect().await.unwrap();
+        let negotiated = tls.get_ref().1.negotiated_cipher_suite().unwrap();
+        assert_eq!(negotiated.suite(), expected.suite(), "offered {offered:?}");
+        assert_eq!(c.get("/hello").await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test]
 async fn http2_is_negotiated_by_alpn() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");

@@ -67,12 +67,35 @@ impl Client {
         Self::build(addr, ca_pem, cert, false, Some(&rustls::version::TLS12))
     }
 
+    /// A client offering exactly these cipher suites, in this order of preference.
+    pub fn with_suites(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&ClientCert>,
+        suites: &[rustls::SupportedCipherSuite],
+    ) -> Client {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = suites.to_vec();
+        Self::build_with(addr, ca_pem, cert, false, None, Arc::new(provider))
+    }
+
     fn build(
         addr: SocketAddr,
         ca_pem: &str,
         cert: Option<&ClientCert>,
         h2: bool,
         only: Option<&'static rustls::SupportedProtocolVersion>,
+    ) -> Client {
+        Self::build_with(addr, ca_pem, cert, h2, only, portcullis::tls::provider())
+    }
+
+    fn build_with(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&ClientCert>,
+        h2: bool,
+        only: Option<&'static rustls::SupportedProtocolVersion>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -82,7 +105,7 @@ impl Client {
             Some(v) => vec![v],
             None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
         };
-        let builder = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .unwrap()
             .with_root_certificates(roots);

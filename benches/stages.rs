@@ -160,7 +160,12 @@ fn stages(c: &mut Criterion) {
     let mut line = String::with_capacity(512);
     let mut rendered = || {
         line.clear();
-        sample.render_json(&mut line, "all", 1.234, 100);
+        sample.render_json(
+            &mut line,
+            "all",
+            std::time::Duration::from_micros(1234),
+            100,
+        );
         black_box(&line);
     };
     let metrics_only = || log_with(false);

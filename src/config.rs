@@ -83,6 +83,28 @@ pub struct TlsSettings {
     pub crls: Vec<FileRef>,
     /// Lowest TLS version accepted.
     pub min_version: TlsVersion,
+    /// Cipher suites by IANA name, in the gateway's order of preference (which wins over the
+    /// client's).
+    pub cipher_suites: Vec<&'static str>,
+}
+
+/// The cipher suites `tls.cipher_suites` may name, by IANA name, in the default order of
+/// preference; the TLS 1.3 ones first.
+pub const CIPHER_SUITES: [&str; 9] = [
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// Whether a suite of [`CIPHER_SUITES`] is a TLS 1.3 one (TLS 1.2 names carry the key exchange).
+pub fn is_tls13_suite(name: &str) -> bool {
+    !name.starts_with("TLS_ECDHE_")
 }
 
 /// `tls.client_auth`.

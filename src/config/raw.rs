@@ -122,6 +122,7 @@ pub struct RawTls {
     pub client_auth: Option<Sp<String>>,
     pub crl: Option<Sp<Vec<Sp<String>>>>,
     pub min_version: Option<Sp<String>>,
+    pub cipher_suites: Option<Sp<Vec<Sp<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

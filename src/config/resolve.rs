@@ -1083,6 +1083,7 @@ impl Resolver {
             &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
             TlsVersion::Tls12,
         );
+        let cipher_suites = self.cipher_suites(raw.cipher_suites.as_ref(), min_version);
         Some(TlsSettings {
             cert: cert?,
             key: key?,
@@ -1090,7 +1091,65 @@ impl Resolver {
             client_auth: client_auth?,
             crls,
             min_version: min_version?,
+            cipher_suites: cipher_suites?,
         })
+    }
+
+    /// `tls.cipher_suites`: known IANA names, each once, at least one for TLS 1.3 (always on)
+    /// and one for TLS 1.2 when it is accepted.
+    fn cipher_suites(
+        &mut self,
+        v: Option<&Sp<Vec<Sp<String>>>>,
+        min_version: Option<TlsVersion>,
+    ) -> Option<Vec<&'static str>> {
+        let Some(list) = v else {
+            return Some(crate::config::CIPHER_SUITES.to_vec());
+        };
+        let key = "tls.cipher_suites";
+        let mut chosen: Vec<&'static str> = Vec::new();
+        let mut ok = true;
+        for (name, at) in self.strings(list, key) {
+            match crate::config::CIPHER_SUITES.iter().find(|s| **s == name) {
+                Some(known) if chosen.contains(known) => {
+                    self.p.push(at, key, format!("{name} is listed twice"));
+                    ok = false;
+                }
+                Some(known) => chosen.push(known),
+                None => {
+                    self.p.push(
+                        at,
+                        key,
+                        format!(
+                            "unknown cipher suite {name:?} (known: {})",
+                            crate::config::CIPHER_SUITES.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let tls13 = chosen.iter().any(|s| crate::config::is_tls13_suite(s));
+        let tls12 = chosen.iter().any(|s| !crate::config::is_tls13_suite(s));
+        if !tls13 {
+            self.p.push(
+                pos(list),
+                key,
+                "no TLS 1.3 suite: TLS 1.3 is always accepted and needs one of TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256",
+            );
+            return None;
+        }
+        if !tls12 && min_version == Some(TlsVersion::Tls12) {
+            self.p.push(
+                pos(list),
+                key,
+                "no TLS 1.2 suite, so TLS 1.2 clients could not connect: add a TLS_ECDHE_* suite or set tls.min_version: \"1.3\"",
+            );
+            return None;
+        }
+        Some(chosen)
     }
 
     fn required_file(&mut self, v: Option<&Sp<String>>, key: &str, parent: Pos) -> Option<FileRef> {

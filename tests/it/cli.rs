@@ -68,6 +68,47 @@ fn check_reports_a_typo_with_file_line_column_and_key() {
 }
 
 #[test]
+fn check_reports_cipher_suites_that_are_unknown_repeated_or_leave_a_version_without_one() {
+    let dir = pki_dir();
+    let with = |suites: &str, extra: &str| {
+        BASE.replace(
+            "  client_ca: certs/ca.crt\n",
+            &format!("  client_ca: certs/ca.crt\n  cipher_suites: {suites}\n{extra}"),
+        )
+    };
+    let cases = [
+        (
+            with("[TLS_AES_128_GCM_SHA256, ECDHE-RSA-AES128-GCM-SHA256]", ""),
+            "gateway.yaml:6:43: tls.cipher_suites: unknown cipher suite \"ECDHE-RSA-AES128-GCM-SHA256\" (known: TLS_AES_128_GCM_SHA256,",
+        ),
+        (
+            with("[TLS_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]", ""),
+            "gateway.yaml:6:43: tls.cipher_suites: TLS_AES_128_GCM_SHA256 is listed twice",
+        ),
+        (
+            with("[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]", ""),
+            "gateway.yaml:6:18: tls.cipher_suites: no TLS 1.3 suite",
+        ),
+        (
+            with("[TLS_AES_256_GCM_SHA384]", ""),
+            "gateway.yaml:6:18: tls.cipher_suites: no TLS 1.2 suite, so TLS 1.2 clients could not connect",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
+        let o = run(dir.path(), &["check"]);
+        assert_eq!(o.status.code(), Some(1), "{yaml}");
+        assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+    }
+    // TLS 1.3 only needs no TLS 1.2 suite.
+    let yaml = with("[TLS_AES_256_GCM_SHA384]", "  min_version: \"1.3\"\n")
+        + "routes:\n  - name: all\n    match: { prefix: / }\n    upstream: legacy\n    allow: anyone\n";
+    std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
+    let o = run(dir.path(), &["check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn check_reports_every_semantic_problem_at_once() {
     let dir = pki_dir();
     let yaml = format!(

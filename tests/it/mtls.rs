@@ -174,6 +174,29 @@ async fn the_gateway_prefers_aes_128_gcm_and_serves_clients_that_offer_only_anot
 }
 
 #[tokio::test]
+async fn configured_cipher_suites_are_the_only_ones_and_their_order_wins() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let suites = "cipher_suites: [TLS_AES_256_GCM_SHA384, TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]";
+    let gw = TestGateway::start(&pki, &yaml_with(&pki, up.addr, suites, POLICY)).await;
+    let offered = [
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    let c = Client::with_suites(gw.addr, &gw.ca_pem, Some(&bob), &offered);
+    let tls = c.connect().await.unwrap();
+    let negotiated = tls.get_ref().1.negotiated_cipher_suite().unwrap();
+    assert_eq!(negotiated.suite(), suite::TLS13_AES_256_GCM_SHA384.suite());
+    assert_eq!(c.get("/hello").await.unwrap().status, 200);
+    // A suite left out of the list is refused.
+    let chacha = [suite::TLS13_CHACHA20_POLY1305_SHA256];
+    let c = Client::with_suites(gw.addr, &gw.ca_pem, Some(&bob), &chacha);
+    assert!(c.connect().await.is_err(), "ChaCha20 is not configured");
+}
+
+#[tokio::test]
 async fn http2_is_negotiated_by_alpn() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");

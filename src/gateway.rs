@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::UnixTime;
 use tokio::sync::watch;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -34,7 +34,7 @@ use crate::auth::guard::AuthGuard;
 use crate::auth::{self, AuthFailure, Authenticator};
 use crate::config::{CertFormat, Config, ConfigErrors, OnStoreError, PathParameters};
 use crate::error::GatewayError;
-use crate::identity::PeerCert;
+use crate::identity::{PeerCache, PeerCert, PeerIdentity};
 use crate::metrics::{Metrics, RouteLabel, RouteReason, UpstreamKind};
 use crate::observability::{Activity, RequestLog};
 use crate::policy::{
@@ -129,6 +129,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Failed authentications per client IP; kept across reloads while its limit is unchanged.
     pub auth_guard: ArcSwap<AuthGuard>,
+    /// Client certificates parsed once and shared by their connections.
+    pub peers: PeerCache,
 }
 
 impl Shared {
@@ -142,6 +144,7 @@ impl Shared {
             metrics,
             ready: AtomicBool::new(false),
             auth_guard: ArcSwap::from_pointee(guard),
+            peers: PeerCache::default(),
         })
     }
 
@@ -168,11 +171,9 @@ impl Shared {
 pub struct Connection {
     /// The client's address (IPv4-mapped IPv6 addresses already turned into IPv4).
     pub remote: SocketAddr,
-    /// The verified client certificate, when one was presented.
-    pub cert: Option<PeerCert>,
-    /// The certificate chain the client presented (leaf first), to verify it again when a
-    /// reload changes the CA bundle or the CRLs.
-    chain: Vec<CertificateDer<'static>>,
+    /// The verified client certificate and its chain, when one was presented (shared with
+    /// the client's other connections).
+    peer: Option<Arc<PeerIdentity>>,
     /// The snapshot whose TLS configuration verified the chain during the handshake: under
     /// it there is nothing to verify again.
     verified_under: u64,
@@ -191,10 +192,6 @@ pub struct Connection {
     pub close: tokio::sync::Notify,
     /// `remote`'s address as an `X-Forwarded-For` value, made on the first forward.
     forwarded_for: std::sync::OnceLock<HeaderValue>,
-    /// The certificate as forwarded upstream, in each format, made when first needed (a
-    /// reload may switch the format; an idle connection holds neither).
-    cert_xfcc: std::sync::OnceLock<HeaderValue>,
-    cert_rfc9440: std::sync::OnceLock<HeaderValue>,
 }
 
 /// One connection's place under `limits.max_connections`, and its count in
@@ -246,20 +243,15 @@ impl Connection {
     /// A connection's facts, read once after the handshake.
     pub fn new(
         remote: SocketAddr,
-        cert: Option<(PeerCert, Vec<CertificateDer<'static>>)>,
+        peer: Option<Arc<PeerIdentity>>,
         verified_under: u64,
         activity: Arc<Activity>,
         slot: Option<ConnectionSlot>,
         stop: watch::Receiver<bool>,
     ) -> Connection {
-        let (cert, chain) = match cert {
-            Some((c, chain)) => (Some(c), chain),
-            None => (None, Vec::new()),
-        };
         Connection {
             remote: SocketAddr::new(remote.ip().to_canonical(), remote.port()),
-            cert,
-            chain,
+            peer,
             verified_under,
             activity,
             caller: ArcSwapOption::empty(),
@@ -268,21 +260,25 @@ impl Connection {
             revoked: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
             forwarded_for: std::sync::OnceLock::new(),
-            cert_xfcc: std::sync::OnceLock::new(),
-            cert_rfc9440: std::sync::OnceLock::new(),
         }
     }
 
-    /// The client certificate as its identity header carries it, when there is one.
+    /// The verified client certificate, when one was presented.
+    pub fn cert(&self) -> Option<&PeerCert> {
+        self.peer.as_deref().map(|p| &p.cert)
+    }
+
+    /// The client certificate as its identity header carries it, when there is one (rendered
+    /// once per certificate, whichever connection forwards it first).
     pub fn cert_header(&self, format: CertFormat) -> Option<HeaderValue> {
-        let cert = self.cert.as_ref()?;
+        let peer = self.peer.as_deref()?;
         let value = match format {
-            CertFormat::Xfcc => self
-                .cert_xfcc
-                .get_or_init(|| headers::header_value(&cert.xfcc())),
+            CertFormat::Xfcc => peer
+                .xfcc
+                .get_or_init(|| headers::header_value(&peer.cert.xfcc())),
             CertFormat::Rfc9440 => {
-                let der = self.chain.first()?;
-                self.cert_rfc9440
+                let der = peer.chain.first()?;
+                peer.rfc9440
                     .get_or_init(|| headers::header_value(&crate::identity::rfc9440(der)))
             }
         };
@@ -303,7 +299,7 @@ impl Connection {
             return v;
         }
         let caller = state.policy.identify(&Verified {
-            cert: self.cert.as_ref(),
+            cert: self.cert(),
             ..Verified::default()
         });
         let view = Arc::new(CallerView {
@@ -327,10 +323,11 @@ impl Connection {
     /// against the snapshot of its day; a reload may since have revoked it, dropped its CA, or
     /// turned client certificates off.
     fn trusted_under(&self, state: &State) -> bool {
-        if self.cert.is_none() || state.generation == self.verified_under {
+        let Some(peer) = &self.peer else { return true };
+        if state.generation == self.verified_under {
             return true;
         }
-        let (Some(verifier), Some((leaf, rest))) = (&state.verifier, self.chain.split_first())
+        let (Some(verifier), Some((leaf, rest))) = (&state.verifier, peer.chain.split_first())
         else {
             return false;
         };
@@ -520,7 +517,7 @@ impl GatewayService {
             path: &match_path,
             source_ip: self.conn.remote.ip(),
             headers: req.headers(),
-            cert: self.conn.cert.as_ref(),
+            cert: self.conn.cert(),
             claims: claims.as_ref(),
         };
         let decision = state.policy.decide(&facts, caller);
@@ -718,7 +715,7 @@ impl GatewayService {
             log.decision = "auth_failures";
             return Err(GatewayError::TooManyAuthFailures(wait));
         }
-        let cert = self.conn.cert.as_ref();
+        let cert = self.conn.cert();
         let mut verified = Verified {
             cert,
             ..Verified::default()

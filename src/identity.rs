@@ -1,12 +1,17 @@
-//! The verified client certificate of a connection, read once after the handshake.
+//! The verified client certificate of a connection, read once per certificate: connections
+//! that present the same chain share its parsed fields ([`PeerCache`]).
 //!
 //! rustls has already verified the chain, validity and revocation when this runs; this module
 //! only extracts the fields that principals match on and that are forwarded upstream. It does
 //! not decide anything: `policy` does.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
+use http::HeaderValue;
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -31,6 +36,85 @@ pub struct PeerCert {
     pub san_uri: Vec<String>,
     /// E-mail subject alternative names.
     pub san_email: Vec<String>,
+}
+
+/// A client's verified certificate chain and its parsed leaf, shared by every connection
+/// that presents the same chain: a client with many connections holds one copy.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    /// The leaf's fields.
+    pub cert: PeerCert,
+    /// The chain as presented (leaf first), to verify again when a reload changes the CA
+    /// bundle or the CRLs.
+    pub chain: Box<[CertificateDer<'static>]>,
+    /// The certificate as its identity header carries it, in each format, made when first
+    /// needed.
+    pub(crate) xfcc: OnceLock<HeaderValue>,
+    pub(crate) rfc9440: OnceLock<HeaderValue>,
+}
+
+/// Parsed client certificates by the SHA-256 of their leaf, so that a client's connections
+/// after the first skip the X.509 parse and share one [`PeerIdentity`]. Holds at most
+/// [`PeerCache::CAPACITY`] certificates and starts over when full. Trust is not cached: the
+/// handshake verified the chain, and each connection checks it again after a reload.
+#[derive(Debug, Default)]
+pub struct PeerCache {
+    map: Mutex<HashMap<[u8; 32], Arc<PeerIdentity>>>,
+}
+
+impl PeerCache {
+    /// Most certificates remembered.
+    pub const CAPACITY: usize = 1024;
+
+    /// The identity of a verified chain (leaf first, not empty).
+    ///
+    /// # Errors
+    /// When the leaf does not parse as X.509.
+    pub fn identify(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Arc<PeerIdentity>, CertParseError> {
+        let Some(leaf) = chain.first() else {
+            return Err(CertParseError("no certificate".to_owned()));
+        };
+        let key: [u8; 32] = Sha256::digest(leaf.as_ref()).into();
+        if let Some(known) = self.lock().get(&key)
+            && known.chain.len() == chain.len()
+            && known
+                .chain
+                .iter()
+                .zip(chain)
+                .all(|(a, b)| a.as_ref() == b.as_ref())
+        {
+            return Ok(known.clone());
+        }
+        let peer = Arc::new(PeerIdentity {
+            cert: PeerCert::from_der(leaf)?,
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            xfcc: OnceLock::new(),
+            rfc9440: OnceLock::new(),
+        });
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(key, peer.clone());
+        Ok(peer)
+    }
+
+    /// Certificates remembered now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<PeerIdentity>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why a certificate could not be read.
@@ -175,6 +259,38 @@ mod tests {
             .push(rcgen::DnType::OrganizationalUnitName, "Platform");
         params.subject_alt_names = sans.to_vec();
         params.self_signed(&key).expect("sign").der().to_vec()
+    }
+
+    #[test]
+    fn a_chain_is_parsed_once_and_shared_and_the_cache_stays_bounded() {
+        let cache = PeerCache::default();
+        let leaf = CertificateDer::from(cert("reader-bob", &[]));
+        let other_ca = CertificateDer::from(cert("intermediate", &[]));
+        let first = cache.identify(std::slice::from_ref(&leaf)).unwrap();
+        let again = cache.identify(std::slice::from_ref(&leaf)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same chain shares one identity"
+        );
+        assert_eq!(first.cert.cn, ["reader-bob"]);
+        // The same leaf with another chain is another identity (its own chain is verified
+        // again after a reload).
+        let longer = cache.identify(&[leaf.clone(), other_ca]).unwrap();
+        assert!(!Arc::ptr_eq(&first, &longer));
+        assert_eq!(longer.chain.len(), 2);
+        assert!(cache.identify(&[]).is_err());
+
+        // One key signs every filler certificate: only their names differ.
+        let key = rcgen::KeyPair::generate().unwrap();
+        for i in 0..=PeerCache::CAPACITY {
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("client-{i}"));
+            let der = CertificateDer::from(params.self_signed(&key).unwrap().der().to_vec());
+            cache.identify(&[der]).unwrap();
+            assert!(cache.len() <= PeerCache::CAPACITY);
+        }
     }
 
     #[test]

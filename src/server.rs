@@ -24,7 +24,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigErrors, Limits};
 use crate::gateway::{Connection, ConnectionSlot, GatewayService, Shared, State};
-use crate::identity::PeerCert;
 use crate::metrics::ReasonLabel;
 use crate::observability::{Activity, ActivityIo};
 
@@ -337,9 +336,9 @@ async fn accept(
         }
     };
     let session = tls.get_ref().1;
-    let cert = match session.peer_certificates() {
-        Some(chain) if !chain.is_empty() => match PeerCert::from_der(&chain[0]) {
-            Ok(c) => Some((c, chain.iter().map(|c| c.clone().into_owned()).collect())),
+    let peer = match session.peer_certificates() {
+        Some(chain) if !chain.is_empty() => match shared.peers.identify(chain) {
+            Ok(p) => Some(p),
             Err(e) => {
                 handshake_failed(shared, remote, "bad_certificate", &e.to_string());
                 return None;
@@ -360,7 +359,7 @@ async fn accept(
     let slot = ConnectionSlot::new(permit, shared.metrics.clone());
     let conn = Arc::new(Connection::new(
         remote,
-        cert,
+        peer,
         verified_under,
         Arc::new(Activity::default()),
         Some(slot),

@@ -58,9 +58,38 @@ const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelim
 const RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
-/// A number as a header value, in one allocation (`HeaderValue::from(u64)` makes two).
+/// A number as a header value: below 1024 (every reset, and the limit and remaining of most
+/// configurations) a shared static one, else in one allocation (`HeaderValue::from(u64)`
+/// makes two).
 fn number(n: u64) -> HeaderValue {
     use std::io::Write as _;
+    const SMALL: usize = 1024;
+    static SMALL_NUMBERS: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if let Ok(i) = usize::try_from(n)
+        && i < SMALL
+    {
+        let table = SMALL_NUMBERS.get_or_init(|| {
+            // One string holds every digit sequence, made once for the process's life.
+            let digits: &'static str = Box::leak(
+                (0..SMALL)
+                    .map(|i| i.to_string())
+                    .collect::<String>()
+                    .into_boxed_str(),
+            );
+            let mut at = 0;
+            (0..SMALL)
+                .map(|i| {
+                    let len = i.checked_ilog10().map_or(1, |l| l as usize + 1);
+                    let value = HeaderValue::from_static(&digits[at..at + len]);
+                    at += len;
+                    value
+                })
+                .collect()
+        });
+        if let Some(v) = table.get(i) {
+            return v.clone();
+        }
+    }
     let mut buf = [0u8; 20];
     let len = {
         let mut rest = &mut buf[..];
@@ -263,6 +292,13 @@ impl RateLimits {
 mod tests {
     use super::*;
     use crate::policy::Factor;
+
+    #[test]
+    fn numbers_render_as_decimal_small_or_large() {
+        for n in (0..1100).chain([9_999, 1_000_000, u64::MAX]) {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn keys() {

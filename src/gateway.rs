@@ -581,12 +581,13 @@ impl GatewayService {
             Some(prefix) => strip_prefix(&path, prefix),
             None => path.as_str(),
         };
-        let uri = upstream
-            .uri(forwarded_path, req.uri().query())
-            .map_err(|_| GatewayError::BadRequest {
-                reason: "bad request target",
-                close: false,
-            })?;
+        let uri =
+            upstream
+                .uri(forwarded_path, req.uri())
+                .map_err(|_| GatewayError::BadRequest {
+                    reason: "bad request target",
+                    close: false,
+                })?;
         let websocket = route.websocket && crate::proxy::wants_websocket(&req);
         let (mut parts, body) = req.into_parts();
         let client_upgrade = if websocket {

@@ -139,8 +139,16 @@ impl Upstream {
         }
     }
 
-    /// The request target (origin form) for a normalized path and the original query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    /// The request target (origin form) for a normalized path and the original target's query.
+    pub fn uri(&self, path: &str, original: &Uri) -> Result<Uri, http::Error> {
+        // The common case, a path forwarded as the client sent it: share its bytes.
+        if self.base_path.is_empty()
+            && path == original.path()
+            && let Some(pq) = original.path_and_query()
+        {
+            return Ok(Uri::from(pq.clone()));
+        }
+        let query = original.query();
         let mut pq = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );

@@ -162,14 +162,13 @@ impl RedisStore {
 
     /// `{prefix}{route}:{first 16 bytes of SHA-256(key), hex}`: identities stay out of Redis.
     fn bucket_name(&self, out: &mut String, route: &str, key: &str) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         out.clear();
         out.push_str(&self.prefix);
         out.push_str(route);
         out.push(':');
-        for &b in &Sha256::digest(key.as_bytes())[..16] {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        let mut digits = [0u8; 32];
+        if hex::encode_to_slice(&Sha256::digest(key.as_bytes())[..16], &mut digits).is_ok() {
+            out.extend(digits.iter().map(|&d| char::from(d)));
         }
     }
 

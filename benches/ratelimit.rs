@@ -5,7 +5,10 @@
 //! Cost: criterion, one decision per iteration (the Redis part needs `redis-server` on PATH;
 //! without it that part says so and is left out). Accuracy: N seconds of steady overload
 //! against a 100/s limit with a burst of 50; the allowed count is compared with the budget,
-//! burst + rate x seconds.
+//! burst + rate x seconds. Then two Redis stores (two replicas) with 16 concurrent callers
+//! each against 1000/s with a burst of 2000, where replicas take leases (budget ahead of their
+//! requests): the allowed count must stay within the budget, and the script calls per
+//! decision show what leases and batching save.
 
 use std::hint::black_box;
 use std::process::{Command, Stdio};
@@ -145,5 +148,64 @@ fn main() {
             "accuracy/redis: {ACCURACY_SECONDS}s at {offered} offered requests, allowed {allowed} of a {budget} budget ({:.2}%), {errors} store errors",
             allowed as f64 * 100.0 / budget
         );
+
+        let busy = spec(1000, 2000);
+        let budget = f64::from(busy.burst) + f64::from(busy.rate) * ACCURACY_SECONDS as f64;
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                std::sync::Arc::new(
+                    RedisStore::new(&url, "leased:", Duration::from_millis(500)).unwrap(),
+                )
+            })
+            .collect();
+        let calls_before = script_calls(r.1);
+        let start = Instant::now();
+        let (offered, allowed, errors) = rt.block_on(async {
+            let mut callers = tokio::task::JoinSet::new();
+            for i in 0..32 {
+                let store = replicas[i % 2].clone();
+                callers.spawn(async move {
+                    let (mut offered, mut allowed, mut errors) = (0u64, 0u64, 0u64);
+                    while start.elapsed() < Duration::from_secs(ACCURACY_SECONDS) {
+                        offered += 1;
+                        match store.check("api", &busy, "id:busy").await {
+                            Ok(o) if o.allowed => allowed += 1,
+                            Ok(_) => {}
+                            Err(_) => errors += 1,
+                        }
+                        // A caller that paces itself a little, as real clients do.
+                        tokio::task::yield_now().await;
+                    }
+                    (offered, allowed, errors)
+                });
+            }
+            let mut sum = (0u64, 0u64, 0u64);
+            for (o, a, e) in callers.join_all().await {
+                sum = (sum.0 + o, sum.1 + a, sum.2 + e);
+            }
+            sum
+        });
+        let calls = script_calls(r.1) - calls_before;
+        println!(
+            "accuracy/redis-2-replicas-leased: {ACCURACY_SECONDS}s at {offered} offered requests, allowed {allowed} of a {budget} budget ({:.2}%), {calls} script calls ({:.3} per decision), {errors} store errors",
+            allowed as f64 * 100.0 / budget,
+            calls as f64 / offered as f64
+        );
     }
+}
+
+/// EVALSHA calls Redis has served so far.
+fn script_calls(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -5,11 +5,17 @@
 //! writes it back in one atomic step. Keys expire when their bucket is full again, so Redis
 //! holds only callers that are actually spending budget. Caller keys are hashed (SHA-256) so
 //! identities do not appear in Redis.
+//!
+//! Round trips are saved three ways, none of which lets more through than the shared limit:
+//! requests that arrive while a call for their bucket is in flight are decided together by the
+//! next call; a bucket that is busy on this replica takes a few requests' worth of budget
+//! ahead (a lease: counted in Redis first, spent here without a call); and a bucket Redis has
+//! just refused is refused here until the retry time Redis gave.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -55,6 +61,19 @@ return {granted, remaining, tat - now, retry}
 /// Requests decided by one script call at most; more wait for the next call.
 const MAX_BATCH: usize = 256;
 
+/// A lease is at most this fraction of the burst (1/32: 31 of a burst of 1,000; none below a
+/// burst of 64), so budget a replica holds but does not spend stays a small part of the limit.
+const LEASE_SHARE: u32 = 32;
+
+/// Budget leased and not spent within this long is given up (it stays spent in Redis).
+const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The bucket table is swept when it reaches this many entries: first of leases and refusals
+/// no longer in force, then, if that is not enough to halve it, of everything but calls in
+/// flight (losing a lease or a refusal early is always safe: the next request asks Redis).
+/// So memory stays bounded whatever keys callers vary, at an amortized constant cost.
+const SWEEP_AT: usize = 4096;
+
 /// Decisions through Redis.
 pub struct RedisStore {
     url: String,
@@ -70,9 +89,100 @@ pub struct RedisStore {
     /// refuses connections) while a background probe waits for it to come back. Shared with
     /// that probe, which ends when the store is dropped.
     down: Arc<AtomicBool>,
-    /// Buckets with a script call in flight, and the requests that arrived for them since:
-    /// those are decided together by the next call, one round trip for all of them.
-    waiting: Mutex<HashMap<String, Vec<Waiter>>>,
+    /// What this replica knows about the buckets it is using: calls in flight and the
+    /// requests waiting for them, leases, and refusals still in force.
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// One bucket as this replica sees it.
+#[derive(Default)]
+struct Bucket {
+    /// `Some` while a script call for the bucket is in flight: the requests that arrived
+    /// since, decided together by the next call.
+    queue: Option<Vec<Waiter>>,
+    lease: Lease,
+    /// Redis refused this bucket until then: refusing here too sends nothing to Redis and
+    /// is what Redis would answer (a bucket only refills with time).
+    refused_until: Option<Instant>,
+}
+
+/// Budget Redis granted to this replica ahead of its requests: counted in Redis when it was
+/// taken, spent here one request at a time without a round trip. Spending budget later than it
+/// was counted never lets more through than the limit; budget not spent is simply lost.
+#[derive(Default)]
+struct Lease {
+    /// Requests still allowed from the lease.
+    left: u32,
+    /// How many requests the last lease was for (it grows while leases run out, and follows
+    /// what was actually spent when one expires).
+    size: u32,
+    /// What Redis reported after the lease was taken: left beyond the lease, until the bucket
+    /// is full again, and when.
+    remaining: u32,
+    reset: Duration,
+    taken: Option<Instant>,
+}
+
+impl Lease {
+    /// Spends one request of the lease, if it has one and has not expired.
+    fn spend(&mut self, now: Instant, spec: &LimitSpec) -> Option<Outcome> {
+        let taken = self.taken?;
+        let age = now.saturating_duration_since(taken);
+        if self.left == 0 || age >= LEASE_TTL {
+            return None;
+        }
+        self.left -= 1;
+        // As a batch member reports it: the budget left after this request, counting the rest
+        // of the lease, which nobody else can spend.
+        Some(Outcome {
+            allowed: true,
+            limit: spec.burst,
+            remaining: self.remaining.saturating_add(self.left),
+            reset: self
+                .reset
+                .saturating_sub(spec.interval().saturating_mul(self.left))
+                .saturating_sub(age),
+        })
+    }
+
+    /// How many requests the next call should take ahead for this replica, beyond the
+    /// `waiting` requests it decides.
+    fn next_size(&self, waiting: usize, spec: &LimitSpec) -> u32 {
+        let cap = spec.burst / LEASE_SHARE;
+        if cap < 2 {
+            return 0;
+        }
+        let want = if self.size == 0 {
+            // Not leasing yet: a bucket with requests queueing behind a call is busy here.
+            if waiting >= 2 {
+                u32::try_from(waiting).unwrap_or(u32::MAX)
+            } else {
+                0
+            }
+        } else if self.left == 0 {
+            // The last lease ran out before it expired: twice as much.
+            self.size.saturating_mul(2)
+        } else {
+            // It expired: ask for what was spent of it.
+            self.size - self.left
+        };
+        want.min(cap)
+    }
+
+    /// Whether nothing is left to spend.
+    fn idle(&self, now: Instant) -> bool {
+        self.left == 0
+            || self
+                .taken
+                .is_none_or(|t| now.saturating_duration_since(t) >= LEASE_TTL)
+    }
+}
+
+impl Bucket {
+    /// Whether the entry holds nothing in force: no lease to spend, no refusal to repeat.
+    fn idle(&self, now: Instant) -> bool {
+        self.lease.idle(now) && self.refused_until.is_none_or(|until| now >= until)
+    }
 }
 
 thread_local! {
@@ -107,7 +217,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             timeout,
             down: Arc::new(AtomicBool::new(false)),
-            waiting: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -118,10 +228,11 @@ impl RedisStore {
 
     /// Decides one request.
     ///
-    /// Requests for the same bucket that arrive while a call for it is in flight wait for the
-    /// next call and are decided together, in arrival order, by one script call: under load a
-    /// round trip to Redis serves many requests, and each is counted exactly as if it had
-    /// been sent alone.
+    /// From this replica's lease for the bucket when it has one; refused at once while Redis'
+    /// last refusal for the bucket is in force; otherwise by a script call. Requests for the
+    /// same bucket that arrive while a call for it is in flight wait for the next call and are
+    /// decided together, in arrival order: under load a round trip to Redis serves many
+    /// requests, and each is counted exactly as if it had been sent alone.
     ///
     /// # Errors
     /// [`StoreUnavailable`] when Redis is down or slower than `store_timeout`. The first
@@ -132,29 +243,57 @@ impl RedisStore {
         spec: &LimitSpec,
         key: &str,
     ) -> Result<Outcome, StoreUnavailable> {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(StoreUnavailable);
-        }
-        let (tx, rx) = oneshot::channel();
-        let lead = BUCKET.with_borrow_mut(|bucket| {
-            self.bucket_name(bucket, route, key);
-            let mut waiting = self.lock_waiting();
-            match waiting.get_mut(bucket.as_str()) {
+        let now = Instant::now();
+        let step = BUCKET.with_borrow_mut(|name| {
+            self.bucket_name(name, route, key);
+            let mut buckets = self.lock_buckets();
+            if let Some(bucket) = buckets.get_mut(name.as_str()) {
+                if let Some(outcome) = bucket.lease.spend(now, spec) {
+                    return Step::Decided(outcome);
+                }
+                if let Some(until) = bucket.refused_until {
+                    if now < until {
+                        return Step::Decided(refused(spec, until - now));
+                    }
+                    bucket.refused_until = None;
+                }
+            }
+            if self.down.load(Ordering::Relaxed) {
+                return Step::Unavailable;
+            }
+            let (tx, rx) = oneshot::channel();
+            if buckets.len() >= SWEEP_AT {
+                sweep(&mut buckets, now);
+            }
+            if !buckets.contains_key(name.as_str()) {
+                buckets.insert(name.clone(), Bucket::default());
+            }
+            let Some(bucket) = buckets.get_mut(name.as_str()) else {
+                return Step::Unavailable;
+            };
+            match &mut bucket.queue {
                 Some(queue) => {
                     queue.push(tx);
-                    None
+                    Step::Wait(rx)
                 }
                 None => {
-                    waiting.insert(bucket.clone(), Vec::new());
-                    Some((bucket.clone(), tx))
+                    bucket.queue = Some(Vec::new());
+                    let ahead = bucket.lease.next_size(1, spec);
+                    Step::Lead(name.clone(), tx, ahead, rx)
                 }
             }
         });
-        if let Some((bucket, first)) = lead {
-            // The calls run in a task of their own, so a request that goes away while it
-            // waits cannot strand the others queued behind it.
-            tokio::spawn(self.clone().drive(bucket, *spec, vec![first]));
-        }
+        let rx = match step {
+            Step::Decided(outcome) => return Ok(outcome),
+            Step::Unavailable => return Err(StoreUnavailable),
+            Step::Wait(rx) => rx,
+            Step::Lead(name, first, ahead, rx) => {
+                // The calls run in a task of their own, so a request that goes away while it
+                // waits cannot strand the others queued behind it.
+                tokio::spawn(self.clone().drive(name, *spec, vec![first], ahead));
+                rx
+            }
+        };
         // Each call is bounded by store_timeout (and then fails the whole batch): a request
         // that queued behind a call in flight waits at most twice that.
         rx.await.unwrap_or(Err(StoreUnavailable))
@@ -172,28 +311,70 @@ impl RedisStore {
         }
     }
 
-    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiter>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decides `batch`, then whatever queued for `bucket` meanwhile, until nothing has.
-    async fn drive(self: Arc<Self>, bucket: String, spec: LimitSpec, mut batch: Vec<Waiter>) {
+    /// Decides `batch` (taking `ahead` more for a lease), then whatever queued for `bucket`
+    /// meanwhile and the lease cannot serve, until nothing is left.
+    async fn drive(
+        self: Arc<Self>,
+        name: String,
+        spec: LimitSpec,
+        mut batch: Vec<Waiter>,
+        mut ahead: u32,
+    ) {
         loop {
-            let result = self.call(&bucket, &spec, batch.len()).await;
+            let n = batch.len();
+            let result = self.call(&name, &spec, n + ahead as usize).await;
             for (i, waiter) in batch.drain(..).enumerate() {
                 let outcome = result.as_ref().map(|d| d.outcome(i, &spec)).map_err(|e| *e);
                 let _ = waiter.send(outcome);
             }
-            let mut waiting = self.lock_waiting();
-            let Some(queue) = waiting.get_mut(&bucket) else {
+            let now = Instant::now();
+            let mut buckets = self.lock_buckets();
+            let Some(bucket) = buckets.get_mut(&name) else {
                 return;
             };
+            if let Ok(decided) = &result {
+                if decided.granted < n {
+                    bucket.refused_until = Some(now + decided.retry);
+                }
+                // With nothing taken ahead this call, the bucket starts over as not leasing.
+                let leased = decided.granted.saturating_sub(n);
+                bucket.lease = Lease {
+                    left: u32::try_from(leased).unwrap_or(0),
+                    size: ahead,
+                    remaining: decided.remaining,
+                    reset: decided.reset,
+                    taken: (ahead > 0).then_some(now),
+                };
+            }
+            // Requests that queued during the call are served from a fresh lease first.
+            let mut queue = Vec::new();
+            let mut queued = bucket.queue.take().unwrap_or_default().into_iter();
+            while let Some(waiter) = queued.next() {
+                match bucket.lease.spend(now, &spec) {
+                    Some(outcome) => {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                    None => {
+                        queue.push(waiter);
+                        queue.extend(queued);
+                        break;
+                    }
+                }
+            }
             if queue.is_empty() {
-                waiting.remove(&bucket);
+                if bucket.lease.size == 0 && bucket.refused_until.is_none() {
+                    buckets.remove(&name);
+                }
                 return;
             }
             let take = queue.len().min(MAX_BATCH);
             batch.extend(queue.drain(..take));
+            ahead = bucket.lease.next_size(batch.len(), &spec);
+            bucket.queue = Some(queue);
         }
     }
 
@@ -246,6 +427,38 @@ impl RedisStore {
     }
 }
 
+/// What [`RedisStore::check`] does with a request, decided under the table's lock.
+enum Step {
+    Decided(Outcome),
+    Unavailable,
+    Wait(oneshot::Receiver<Result<Outcome, StoreUnavailable>>),
+    /// No call in flight for the bucket: this request starts one, taking `u32` ahead.
+    Lead(
+        String,
+        Waiter,
+        u32,
+        oneshot::Receiver<Result<Outcome, StoreUnavailable>>,
+    ),
+}
+
+/// Empties the bucket table of what it need not keep (see [`SWEEP_AT`]).
+fn sweep(buckets: &mut HashMap<String, Bucket>, now: Instant) {
+    buckets.retain(|_, b| b.queue.is_some() || !b.idle(now));
+    if buckets.len() >= SWEEP_AT / 2 {
+        buckets.retain(|_, b| b.queue.is_some());
+    }
+}
+
+/// A refusal, the next request possible after `retry`.
+fn refused(spec: &LimitSpec, retry: Duration) -> Outcome {
+    Outcome {
+        allowed: false,
+        limit: spec.burst,
+        remaining: 0,
+        reset: retry,
+    }
+}
+
 /// What one script call decided for a batch.
 struct Decided {
     /// The first `granted` requests of the batch are allowed.
@@ -273,12 +486,7 @@ impl Decided {
                     .saturating_sub(spec.interval().saturating_mul(after)),
             }
         } else {
-            Outcome {
-                allowed: false,
-                limit: spec.burst,
-                remaining: 0,
-                reset: self.retry,
-            }
+            refused(spec, self.retry)
         }
     }
 }
@@ -313,6 +521,74 @@ fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{LEASE_TTL, Lease};
+    use crate::config::{LimitKey, LimitSpec};
+
+    fn spec(rate: u32, burst: u32) -> LimitSpec {
+        LimitSpec {
+            rate,
+            per: Duration::from_secs(1),
+            burst,
+            key: LimitKey::Identity,
+        }
+    }
+
+    #[test]
+    fn leases_are_spent_in_order_then_expire() {
+        let spec = spec(10, 1000);
+        let now = Instant::now();
+        let mut lease = Lease {
+            left: 2,
+            size: 2,
+            remaining: 7,
+            reset: Duration::from_secs(100),
+            taken: Some(now),
+        };
+        let first = lease.spend(now, &spec).unwrap();
+        assert!(first.allowed);
+        assert_eq!(
+            first.remaining, 8,
+            "the rest of the lease is the caller's too"
+        );
+        assert_eq!(first.reset, Duration::from_millis(99_900));
+        assert_eq!(lease.spend(now, &spec).unwrap().remaining, 7);
+        assert!(lease.spend(now, &spec).is_none(), "spent");
+
+        lease.left = 1;
+        assert!(lease.spend(now + LEASE_TTL, &spec).is_none(), "expired");
+    }
+
+    #[test]
+    fn lease_sizes_follow_demand_within_a_share_of_the_burst() {
+        let mut lease = Lease::default();
+        let big = spec(1000, 640);
+        assert_eq!(
+            lease.next_size(1, &big),
+            0,
+            "one request at a time: no lease"
+        );
+        assert_eq!(
+            lease.next_size(5, &big),
+            5,
+            "requests queueing: lease what queued"
+        );
+        lease.size = 16;
+        assert_eq!(
+            lease.next_size(1, &big),
+            20,
+            "ran out: doubles, up to burst/32"
+        );
+        lease.size = 8;
+        lease.left = 3;
+        assert_eq!(lease.next_size(1, &big), 5, "expired: what was spent");
+        assert_eq!(
+            Lease::default().next_size(100, &spec(1000, 63)),
+            0,
+            "a burst under 64 is never leased"
+        );
+    }
     #[test]
     fn passwords_stay_out_of_logs() {
         assert_eq!(

@@ -253,6 +253,92 @@ async fn concurrent_requests_through_redis_are_each_counted_once() {
     );
 }
 
+/// `n` requests at once on one HTTP/2 connection to `gw`: (allowed, refused).
+async fn flood(
+    gw: &TestGateway,
+    pki: &TestPki,
+    cert: &crate::support::pki::ClientCert,
+    n: usize,
+) -> (usize, usize) {
+    let (sender, _conn) = crate::support::client::Client::h2(gw.addr, &pki.ca_pem, Some(cert))
+        .h2_session()
+        .await;
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut s = sender.clone();
+        all.spawn(async move {
+            s.send_request(crate::support::client::request("GET", "/x"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = all.join_all().await;
+    for s in &statuses {
+        assert!(*s == 200 || *s == 429, "unexpected status {s}");
+    }
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    (allowed, statuses.len() - allowed)
+}
+
+#[tokio::test]
+async fn leases_never_let_replicas_exceed_the_shared_limit() {
+    // A burst of 1024 lets each replica take up to 1024/32 = 32 requests ahead of time (a
+    // lease): budget counted in Redis first and spent locally. Two replicas sent waves of 16
+    // concurrent requests each, 1,280 in all, with no refill (1/hour), must admit no more than
+    // 1024 between them, and no less than 1024 minus what each may hold unspent (32 each).
+    let redis = RedisServer::start();
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let cfg = format!(
+        "{}rate_limits:\n  store: {}\n",
+        routes("{ key: identity, rate: 1/hour, burst: 1024 }"),
+        redis.url()
+    );
+    let a = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
+    let b = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
+
+    let waves = |gw| {
+        let (pki, bob) = (&pki, &bob);
+        async move {
+            let mut allowed = 0;
+            for _ in 0..40 {
+                allowed += flood(gw, pki, bob, 16).await.0;
+            }
+            allowed
+        }
+    };
+    let (a_allowed, b_allowed) = tokio::join!(waves(&a), waves(&b));
+    let allowed = a_allowed + b_allowed;
+    assert!(
+        (960..=1024).contains(&allowed),
+        "{allowed} admitted ({a_allowed} + {b_allowed}) against one budget of 1024"
+    );
+    assert_eq!(
+        up.requests().len(),
+        allowed,
+        "only admitted requests reach the upstream"
+    );
+    // Batching alone takes two calls per wave (the first request, then the 15 that queued
+    // behind it): 128 calls to spend the budget. Leases take far fewer.
+    let calls = redis.calls("evalsha");
+    assert!(calls < 64, "{calls} script calls: leases were not taken");
+
+    // Spent: the replicas now refuse from what Redis told them, without asking again.
+    let (again, refused) = flood(&a, &pki, &bob, 16).await;
+    assert_eq!((again, refused), (0, 16));
+    let r = a.client(Some(&bob)).get("/x").await.unwrap();
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        redis.calls("evalsha"),
+        calls,
+        "a refusal in force is repeated locally"
+    );
+}
+
 #[tokio::test]
 async fn redis_outages_follow_on_store_error_and_recover() {
     let mut redis = RedisServer::start();

@@ -429,7 +429,11 @@ impl GatewayService {
             }
         };
         log.status = resp.status().as_u16();
-        if let Ok(v) = HeaderValue::from_str(&log.request_id) {
+        if let Ok(mut v) = HeaderValue::from_str(&log.request_id) {
+            // Unique to this response: over HTTP/2 it goes as a literal that never enters the
+            // connection's header table (HPACK "never indexed"), so it does not push out the
+            // headers that repeat. HTTP/1 ignores the flag.
+            v.set_sensitive(true);
             resp.headers_mut().insert(forward.request_id.clone(), v);
         }
         Ok(resp.map(|body| TrackedBody::new(body, log)))

@@ -46,7 +46,10 @@ impl Outcome {
         let reset = ceil_secs(self.reset);
         h.reserve(4);
         h.insert(RATELIMIT_LIMIT, number(self.limit.into()));
-        h.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
+        // Changes with every response: not worth a place in the HTTP/2 header table.
+        let mut remaining = number(self.remaining.into());
+        remaining.set_sensitive(true);
+        h.insert(RATELIMIT_REMAINING, remaining);
         h.insert(RATELIMIT_RESET, number(reset));
         if !self.allowed {
             h.insert(http::header::RETRY_AFTER, number(reset.max(1)));

@@ -168,6 +168,47 @@ async fn blast(
 }
 
 #[tokio::test]
+async fn http2_responses_each_carry_their_own_request_id_and_remaining_count() {
+    // Both values change with every response; over HTTP/2 they are sent as literals that never
+    // enter the connection's header table. Each response on one connection must still decode
+    // to its own values.
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(
+        &pki,
+        &yaml(
+            &pki,
+            up.addr,
+            &routes("{ key: identity, rate: 1/hour, burst: 10 }"),
+        ),
+    )
+    .await;
+    let (mut sender, _conn) = crate::support::client::Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
+        .h2_session()
+        .await;
+    let mut ids = Vec::new();
+    for expected in (0..10).rev() {
+        let r = sender
+            .send_request(crate::support::client::request("GET", "/x"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["ratelimit-remaining"],
+            expected.to_string().as_str()
+        );
+        assert_eq!(r.headers()["ratelimit-limit"], "10");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(up.last().headers["x-request-id"], id.as_str());
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "one request id per response");
+}
+
+#[tokio::test]
 async fn two_replicas_sharing_redis_enforce_one_limit_not_two() {
     let redis = RedisServer::start();
     let mut pki = TestPki::new();

@@ -265,12 +265,7 @@ impl RedisStore {
             if buckets.len() >= SWEEP_AT {
                 sweep(&mut buckets, now);
             }
-            if !buckets.contains_key(name.as_str()) {
-                buckets.insert(name.clone(), Bucket::default());
-            }
-            let Some(bucket) = buckets.get_mut(name.as_str()) else {
-                return Step::Unavailable;
-            };
+            let bucket = buckets.entry(name.clone()).or_default();
             match &mut bucket.queue {
                 Some(queue) => {
                     queue.push(tx);

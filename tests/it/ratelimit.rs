@@ -253,19 +253,7 @@ async fn concurrent_requests_through_redis_are_each_counted_once() {
         redis.url()
     );
     let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
-    let (sender, _conn) = crate::support::client::Client::h2(gw.addr, &pki.ca_pem, Some(&bob))
-        .h2_session()
-        .await;
-    let mut all = tokio::task::JoinSet::new();
-    for _ in 0..60 {
-        let mut s = sender.clone();
-        all.spawn(async move {
-            s.send_request(crate::support::client::request("GET", "/x"))
-                .await
-                .unwrap()
-        });
-    }
-    let replies = all.join_all().await;
+    let replies = at_once(&gw, &pki, &bob, 60).await;
     let mut remaining: Vec<u32> = Vec::new();
     let mut denied = 0;
     for r in &replies {
@@ -294,13 +282,13 @@ async fn concurrent_requests_through_redis_are_each_counted_once() {
     );
 }
 
-/// `n` requests at once on one HTTP/2 connection to `gw`: (allowed, refused).
-async fn flood(
+/// `n` requests sent at once on one HTTP/2 connection to `gw`, their responses.
+async fn at_once(
     gw: &TestGateway,
     pki: &TestPki,
     cert: &crate::support::pki::ClientCert,
     n: usize,
-) -> (usize, usize) {
+) -> Vec<http::Response<hyper::body::Incoming>> {
     let (sender, _conn) = crate::support::client::Client::h2(gw.addr, &pki.ca_pem, Some(cert))
         .h2_session()
         .await;
@@ -311,11 +299,23 @@ async fn flood(
             s.send_request(crate::support::client::request("GET", "/x"))
                 .await
                 .unwrap()
-                .status()
-                .as_u16()
         });
     }
-    let statuses = all.join_all().await;
+    all.join_all().await
+}
+
+/// `n` requests at once on one HTTP/2 connection to `gw`: (allowed, refused).
+async fn flood(
+    gw: &TestGateway,
+    pki: &TestPki,
+    cert: &crate::support::pki::ClientCert,
+    n: usize,
+) -> (usize, usize) {
+    let statuses: Vec<u16> = at_once(gw, pki, cert, n)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
     for s in &statuses {
         assert!(*s == 200 || *s == 429, "unexpected status {s}");
     }

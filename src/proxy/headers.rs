@@ -22,9 +22,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a name is in [`HOP_BY_HOP`] or is `Upgrade` (names are lower-case in `http`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Removes hop-by-hop headers. `Upgrade` is removed too unless `keep_upgrade`, in which case
 /// `Connection: upgrade` is restored for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names they do carry is cheaper
+    // than a hashed lookup for each of the nine that would be removed. (A name listed in
+    // `Connection` can only be there with a `Connection` header.)
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // `close` and `keep-alive`, the usual tokens, name nothing beyond HOP_BY_HOP: skipping them
     // keeps the common case free of allocations.
     let listed: Vec<HeaderName> = headers
@@ -265,6 +290,25 @@ mod tests {
             assert_eq!(h.len(), 1, "{token}: {h:?}");
             assert!(h.contains_key("x-kept"));
         }
+
+        // Each hop-by-hop name alone is found by the quick look, in any case the client sent.
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            let spelled = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+            h.insert(spelled, HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+
+        // Nothing to strip: nothing changes, and an upgrade still gets its Connection.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

@@ -65,7 +65,6 @@ const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelim
 /// configurations) a shared static one, else in one allocation (`HeaderValue::from(u64)`
 /// makes two).
 fn number(n: u64) -> HeaderValue {
-    use std::io::Write as _;
     const SMALL: usize = 1024;
     static SMALL_NUMBERS: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if let Ok(i) = usize::try_from(n)
@@ -93,14 +92,8 @@ fn number(n: u64) -> HeaderValue {
             return v.clone();
         }
     }
-    let mut buf = [0u8; 20];
-    let len = {
-        let mut rest = &mut buf[..];
-        // u64::MAX has 20 digits: the buffer always has room.
-        let _ = write!(rest, "{n}");
-        20 - rest.len()
-    };
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_str(itoa::Buffer::new().format(n))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Whole seconds, rounded up.

@@ -917,12 +917,16 @@ pub fn parse_host(raw: &str) -> Option<Host> {
             None => (raw, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
+        // Labels of letters, digits, `-` and `_`, separated by single dots: one pass.
+        let mut previous = b'.';
         let valid = !name.is_empty()
-            && !name.starts_with('.')
-            && !name.contains("..")
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            && name.bytes().all(|b| {
+                let ok = b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'_')
+                    || (b == b'.' && previous != b'.');
+                previous = b;
+                ok
+            });
         if !valid {
             return None;
         }
@@ -1011,6 +1015,8 @@ mod tests {
             "",
             ".",
             "a..b",
+            ".a",
+            "..",
             "a:b",
             "a:99999",
             "[zz]",

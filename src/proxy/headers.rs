@@ -22,56 +22,63 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Whether a name is in [`HOP_BY_HOP`] or is `Upgrade` (names are lower-case in `http`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// Where a name is in [`HOP_BY_HOP`], or `UPGRADE` for `Upgrade` (names are lower-case in
+/// `http`, so a string match finds them whatever case the client sent).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "trailer" => Some(6),
+        "transfer-encoding" => Some(7),
+        "upgrade" => Some(UPGRADE),
+        _ => None,
+    }
 }
+
+/// `Upgrade`'s place in the set of names [`strip_hop_by_hop`] looks for, after HOP_BY_HOP's.
+const UPGRADE: usize = 8;
 
 /// Removes hop-by-hop headers. `Upgrade` is removed too unless `keep_upgrade`, in which case
 /// `Connection: upgrade` is restored for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass over the names they do carry is cheaper
-    // than a hashed lookup for each of the nine that would be removed. (A name listed in
-    // `Connection` can only be there with a `Connection` header.)
-    if !headers.keys().any(is_hop_by_hop) {
-        if keep_upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // One pass over the names the message carries finds the hop-by-hop ones among them (most
+    // carry none, or only `Connection: keep-alive`), so only those are looked up to be
+    // removed. `close` and `keep-alive`, the usual tokens of `Connection`, name nothing beyond
+    // HOP_BY_HOP: skipping them keeps the common case free of allocations.
+    let mut present = 0u16;
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(i) = hop_by_hop_index(name) else {
+            continue;
+        };
+        present |= 1 << i;
+        if i == 0 {
+            let tokens = value.to_str().unwrap_or_default().split(',').map(str::trim);
+            listed.extend(
+                tokens
+                    .filter(|t| !t.eq_ignore_ascii_case("close"))
+                    .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+            );
         }
-        return;
     }
-    // `close` and `keep-alive`, the usual tokens, name nothing beyond HOP_BY_HOP: skipping them
-    // keeps the common case free of allocations.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
     for name in listed {
         if !(keep_upgrade && name == header::UPGRADE) {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << UPGRADE) != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -291,7 +298,12 @@ mod tests {
             assert!(h.contains_key("x-kept"));
         }
 
-        // Each hop-by-hop name alone is found by the quick look, in any case the client sent.
+        // Each hop-by-hop name alone is found by the one pass, in any case the client sent.
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i));
+        }
+        assert_eq!(UPGRADE, HOP_BY_HOP.len());
+        assert_eq!(hop_by_hop_index(&header::UPGRADE), Some(UPGRADE));
         for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
             let mut h = HeaderMap::new();
             let spelled = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
@@ -300,6 +312,15 @@ mod tests {
             strip_hop_by_hop(&mut h, false);
             assert_eq!(h.len(), 1, "{name}: {h:?}");
         }
+
+        // Every Connection header counts, not only the first.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
 
         // Nothing to strip: nothing changes, and an upgrade still gets its Connection.
         let mut h = HeaderMap::new();

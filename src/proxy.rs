@@ -103,11 +103,29 @@ struct Replay {
     headers: http::HeaderMap,
 }
 
+impl Replay {
+    fn of<B>(req: &Request<B>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn into_request(self) -> Request<LimitedBody> {
+        let mut again = Request::new(LimitedBody::empty());
+        *again.method_mut() = self.method;
+        *again.uri_mut() = self.uri;
+        *again.headers_mut() = self.headers;
+        again
+    }
+}
+
 /// Why one attempt failed.
 enum Failure {
     Connect(pool::ConnectError),
-    /// hyper's error.
-    Send(hyper::Error),
+    /// hyper's error, and whether the connection had served a request before.
+    Send(hyper::Error, bool),
 }
 
 impl Upstream {
@@ -181,25 +199,28 @@ impl Upstream {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        let upload = req.body().upload();
-        let replay = upload.is_none().then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        });
-        let (mut resp, conn) = match self.exchange(req, upload).await {
-            Err(fe) if fe.kind == Some(UpstreamErrorKind::Reset) && replay.is_some() => {
-                let Some(r) = replay else { return Err(fe) };
-                tracing::debug!(upstream = %self.name, error = %fe.detail, "retrying on a new connection");
-                let mut again = Request::new(LimitedBody::empty());
-                *again.method_mut() = r.method;
-                *again.uri_mut() = r.uri;
-                *again.headers_mut() = r.headers;
-                self.attempt(again, false)
-                    .await
-                    .map_err(|f| self.failed(f))?
+        let (mut resp, conn) = match req.body().upload() {
+            // The usual request, without a body: the response deadline starts now. When a
+            // pooled connection that had served requests breaks before a response head (the
+            // upstream closed it as this request went out), the request is sent once more on
+            // a new connection, under its own deadline; a new connection that breaks is the
+            // upstream's answer.
+            None => {
+                let replay = Replay::of(&req);
+                match tokio::time::timeout(self.timeout, self.attempt(req, true)).await {
+                    Ok(Err(Failure::Send(e, true))) if is_reset(&e) => {
+                        tracing::debug!(upstream = %self.name, error = %error_chain(&e), "retrying on a new connection");
+                        let again = replay.into_request();
+                        let second =
+                            tokio::time::timeout(self.timeout, self.attempt(again, false)).await;
+                        self.settle(second)?
+                    }
+                    first => self.settle(first)?,
+                }
             }
-            other => other?,
+            // A body to stream: the rarer path, boxed so that the common one's future (and
+            // every future that awaits it) stays small.
+            Some(upload) => Box::pin(self.exchange(req, upload)).await?,
         };
         let status = resp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
@@ -240,33 +261,39 @@ impl Upstream {
     async fn exchange(
         &self,
         req: Request<LimitedBody>,
-        upload: Option<Arc<Upload>>,
+        up: Arc<Upload>,
     ) -> Result<(Response<hyper::body::Incoming>, pool::Checkout), ForwardError> {
         let response = self.attempt(req, true);
         tokio::pin!(response);
-        if let Some(up) = upload {
-            let tick =
-                (self.body_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-            let sent = up.sent();
-            tokio::pin!(sent);
-            loop {
-                tokio::select! {
-                    // An upstream may answer before reading the whole body (e.g. a 413).
-                    r = &mut response => return r.map_err(|f| self.failed(f)),
-                    () = &mut sent => break,
-                    () = tokio::time::sleep(tick) => {
-                        if up.stalled_for() >= self.body_timeout {
-                            return Err(ForwardError {
-                                error: GatewayError::ClientTimeout,
-                                kind: None,
-                                detail: format!("no request body bytes within body_timeout ({:?})", self.body_timeout),
-                            });
-                        }
+        let tick = (self.body_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let sent = up.sent();
+        tokio::pin!(sent);
+        loop {
+            tokio::select! {
+                // An upstream may answer before reading the whole body (e.g. a 413).
+                r = &mut response => return r.map_err(|f| self.failed(f)),
+                () = &mut sent => break,
+                () = tokio::time::sleep(tick) => {
+                    if up.stalled_for() >= self.body_timeout {
+                        return Err(ForwardError {
+                            error: GatewayError::ClientTimeout,
+                            kind: None,
+                            detail: format!("no request body bytes within body_timeout ({:?})", self.body_timeout),
+                        });
                     }
                 }
             }
         }
-        match tokio::time::timeout(self.timeout, response).await {
+        let r = tokio::time::timeout(self.timeout, response).await;
+        self.settle(r)
+    }
+
+    /// An attempt's outcome under the response deadline, as the client will see it.
+    fn settle<T>(
+        &self,
+        r: Result<Result<T, Failure>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ForwardError> {
+        match r {
             Ok(r) => r.map_err(|f| self.failed(f)),
             Err(_) => Err(ForwardError {
                 error: GatewayError::UpstreamTimeout,
@@ -294,13 +321,13 @@ impl Upstream {
                 if conn.reused {
                     continue;
                 }
-                return Err(Failure::Send(e));
+                return Err(Failure::Send(e, false));
             }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(back) if conn.reused => req = back,
-                    _ => return Err(Failure::Send(e.into_error())),
+                    _ => return Err(Failure::Send(e.into_error(), conn.reused)),
                 },
             }
         }
@@ -313,9 +340,14 @@ impl Upstream {
                 kind: Some(UpstreamErrorKind::Connect),
                 detail: error_chain(&e),
             },
-            Failure::Send(e) => classify(&e),
+            Failure::Send(e, _) => classify(&e),
         }
     }
+}
+
+/// Whether a failed send is the connection's fault (and not the client body's).
+fn is_reset(e: &hyper::Error) -> bool {
+    !caused_by::<BodyTooLarge>(e) && !is_client_body_error(e)
 }
 
 fn classify(e: &hyper::Error) -> ForwardError {

@@ -65,6 +65,54 @@ async fn a_request_on_a_pooled_connection_the_upstream_closed_is_retried_once() 
 }
 
 #[tokio::test]
+async fn a_new_connection_that_breaks_is_the_upstreams_answer() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    // Every connection takes its request and closes without an answer.
+    let up = RogueUpstream::start(|mut s, _| async move {
+        let _ = read_request(&mut s).await;
+    })
+    .await;
+    let gw = gateway(&pki, up.addr, "", "").await;
+    let c = gw.client(Some(&bob));
+    assert_eq!(c.get("/x").await.unwrap().status, 502);
+    // Only a pooled connection that had served requests is worth a second try.
+    assert_eq!(up.connections(), 1, "the request was sent twice");
+}
+
+#[tokio::test]
+async fn a_retried_request_is_still_under_the_response_deadline() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    // The first connection answers one request and closes when the next arrives; every later
+    // connection takes its request and never answers.
+    let up = RogueUpstream::start(|mut s, n| async move {
+        if n == 0 {
+            if read_request(&mut s).await.is_some() {
+                let _ = s.write_all(OK).await;
+                let _ = read_request(&mut s).await;
+            }
+            return;
+        }
+        let _ = read_request(&mut s).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    let gw = gateway(&pki, up.addr, "", "").await;
+    let c = gw.client(Some(&bob));
+    assert_eq!(c.get("/x").await.unwrap().status, 200);
+    // The retry goes to a silent connection: the upstream's `timeout` (2s) answers it, where
+    // the retry used to wait as long as the upstream held the connection open.
+    let r = tokio::time::timeout(Duration::from_secs(30), c.get("/x"))
+        .await
+        .expect("the retried request hangs")
+        .unwrap();
+    assert_eq!(r.status, 504);
+    let timeouts = "portcullis_upstream_errors_total{upstream=\"app\",kind=\"timeout\"}";
+    assert_eq!(metric(&gw, timeouts).await, 1.0);
+}
+
+#[tokio::test]
 async fn pooled_connections_are_closed_after_pool_idle_timeout() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");

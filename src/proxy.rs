@@ -184,9 +184,9 @@ impl Upstream {
     /// removed and its body under `read_timeout`. When `upgrade` is asked for and the
     /// upstream answers `101 Switching Protocols`, the upstream's side of the upgrade comes
     /// back too, for a tunnel. A request that a pooled connection closed before taking is
-    /// sent on another; a request without a body whose connection breaks before a response
-    /// head (typically a pooled connection the upstream had just closed) is sent once more,
-    /// on a new connection.
+    /// sent on another; a request without a body whose reused pooled connection breaks before
+    /// a response head (the upstream had just closed it) is sent once more, on a new
+    /// connection.
     ///
     /// # Errors
     /// A [`ForwardError`] mapping to 408, 413, 502 or 504.

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc rather than glibc's malloc: the request path allocates and frees a few kilobytes of
-/// futures and buffers per request, past glibc's per-thread cache, and on the x86 machines
-/// measured mimalloc took 5 % off the CPU per keep-alive request and 10 % off HTTP/2's
-/// (docs/benchmarks.md). It is tuned below so that idle connections cost no more memory.
+/// futures and buffers per request, past glibc's per-thread cache. On an Intel Xeon VM
+/// mimalloc took 5 % off the CPU per keep-alive request and 10 % off HTTP/2's (on an AMD
+/// EPYC VM the difference was within noise; docs/benchmarks.md). It is tuned below so that
+/// idle connections cost no more memory than with glibc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

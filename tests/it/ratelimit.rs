@@ -18,6 +18,11 @@ fn routes(limit: &str) -> String {
     )
 }
 
+/// The test routes with `limit`, counted in `redis`.
+fn routes_in_redis(limit: &str, redis: &RedisServer) -> String {
+    format!("{}rate_limits:\n  store: {}\n", routes(limit), redis.url())
+}
+
 #[tokio::test]
 async fn local_limits_answer_429_with_headers_and_are_per_identity() {
     let mut pki = TestPki::new();
@@ -215,7 +220,7 @@ async fn two_replicas_sharing_redis_enforce_one_limit_not_two() {
     let bob = pki.client("reader-bob");
     let up = FakeUpstream::start().await;
     let limit = "{ key: identity, rate: 2/s, burst: 5 }";
-    let shared_cfg = format!("{}rate_limits:\n  store: {}\n", routes(limit), redis.url());
+    let shared_cfg = routes_in_redis(limit, &redis);
     let a = TestGateway::start(&pki, &yaml(&pki, up.addr, &shared_cfg)).await;
     let b = TestGateway::start(&pki, &yaml(&pki, up.addr, &shared_cfg)).await;
 
@@ -247,11 +252,7 @@ async fn concurrent_requests_through_redis_are_each_counted_once() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");
     let up = FakeUpstream::start().await;
-    let cfg = format!(
-        "{}rate_limits:\n  store: {}\n",
-        routes("{ key: identity, rate: 1/hour, burst: 10 }"),
-        redis.url()
-    );
+    let cfg = routes_in_redis("{ key: identity, rate: 1/hour, burst: 10 }", &redis);
     let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
     let replies = at_once(&gw, &pki, &bob, 60).await;
     let mut remaining: Vec<u32> = Vec::new();
@@ -333,11 +334,7 @@ async fn leases_never_let_replicas_exceed_the_shared_limit() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");
     let up = FakeUpstream::start().await;
-    let cfg = format!(
-        "{}rate_limits:\n  store: {}\n",
-        routes("{ key: identity, rate: 1/hour, burst: 1024 }"),
-        redis.url()
-    );
+    let cfg = routes_in_redis("{ key: identity, rate: 1/hour, burst: 1024 }", &redis);
     let a = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
     let b = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
 

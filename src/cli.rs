@@ -48,8 +48,13 @@ pub enum Command {
     Keys(KeysCommand),
     /// Read a password on stdin and print its argon2id hash for a `basic` principal.
     Passwd,
-    /// Exit 0 when the admin listener's /readyz answers 200 (for Docker HEALTHCHECK).
+    /// Exit 0 when the admin listener's /readyz answers 200 (Docker HEALTHCHECK, a
+    /// readiness probe); with --live, when /healthz does (a liveness probe).
     Health {
+        /// Check that the process is alive (/healthz) rather than ready to serve (/readyz):
+        /// a draining gateway is alive but not ready, and must not be restarted.
+        #[arg(long)]
+        live: bool,
         /// The admin listener's address.
         #[arg(
             long,

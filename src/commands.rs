@@ -32,7 +32,7 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::demo::run(&c.path))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Health { admin } => health(&admin),
+        Command::Health { admin, live } => health(&admin, live),
         Command::Explain(a) => {
             let config = config::load(&a.config.path)?;
             let req = crate::explain::ExplainRequest {
@@ -270,8 +270,8 @@ fn warnings(config: &Config) -> Vec<String> {
     out
 }
 
-/// `health`: GET /readyz on the admin listener.
-fn health(admin: &str) -> anyhow::Result<ExitCode> {
+/// `health`: GET /readyz (or /healthz with `--live`) on the admin listener.
+fn health(admin: &str, live: bool) -> anyhow::Result<ExitCode> {
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
 
@@ -298,18 +298,26 @@ fn health(admin: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let (path, state) = if live {
+        ("/healthz", "alive")
+    } else {
+        ("/readyz", "ready")
+    };
     write!(
         s,
-        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;
     let head = String::from_utf8_lossy(&buf[..n]);
     if head.starts_with("HTTP/1.1 200") {
-        println!("ready");
+        println!("{state}");
         Ok(ExitCode::SUCCESS)
     } else {
-        bail!("not ready: {}", head.lines().next().unwrap_or("no answer"))
+        bail!(
+            "not {state}: {}",
+            head.lines().next().unwrap_or("no answer")
+        )
     }
 }
 

@@ -650,7 +650,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 file: file.clone(),
                 pos: Pos::default(),
                 key: String::new(),
-                message: format!("cannot read the configuration: {e}"),
+                message: format!("cannot read the configuration: {}", read_error(path, &e)),
             };
             Err(ConfigErrors {
                 file,
@@ -658,6 +658,55 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             })
         }
     }
+}
+
+/// Why a file could not be read, for an operator. A permission error names the user the
+/// gateway runs as and the file's owner and mode: the two facts needed to fix it, since the
+/// uid inside a container rarely matches the one that wrote the file.
+pub fn read_error(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return e.to_string();
+    }
+    use std::os::unix::fs::MetadataExt;
+    let us = match process_ids() {
+        Some((uid, gid, groups)) if groups.is_empty() => format!("uid {uid} gid {gid}"),
+        Some((uid, gid, groups)) => format!("uid {uid} gid {gid} (groups {})", groups.join(",")),
+        None => "a user".to_owned(),
+    };
+    let owner = match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "the file is owned by uid {} gid {} with mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => "its folder cannot be searched".to_owned(),
+    };
+    format!(
+        "permission denied: portcullis runs as {us} and {owner}; make it readable by that \
+         user or one of its groups (docs/deployment.md, \"Keys and file permissions\")"
+    )
+}
+
+/// The effective uid and gid and the supplementary groups, from /proc (Linux).
+fn process_ids() -> Option<(String, String, Vec<String>)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+    };
+    // "Uid:" and "Gid:" list real, effective, saved and filesystem ids.
+    let uid = field("Uid:")?.get(1)?.clone();
+    let gid = field("Gid:")?.get(1)?.clone();
+    let groups = field("Groups:").unwrap_or_default();
+    let groups = groups.into_iter().filter(|g| *g != gid).collect();
+    Some((uid, gid, groups))
 }
 
 /// Resolves configuration text; `path` is where it came from (relative file paths inside are
@@ -715,5 +764,33 @@ impl RouteMatch {
                     && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permission_error_names_the_process_and_the_files_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, "not read").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Root reads any file, so the error is made rather than provoked.
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let msg = read_error(&key, &denied);
+        let (uid, gid, _) = process_ids().unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "permission denied: portcullis runs as uid {uid} gid {gid}"
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("with mode 0600"), "{msg}");
+        assert!(msg.contains("Keys and file permissions"), "{msg}");
+        let other = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(read_error(&key, &other), other.to_string());
     }
 }

@@ -105,7 +105,11 @@ pub fn server_config(
             push_file(
                 &mut p,
                 &t.key,
-                &pem_error(&e, "a PEM private key (PKCS#8, PKCS#1 or SEC1)"),
+                &pem_error(
+                    &t.key.path,
+                    &e,
+                    "a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                ),
             );
             None
         }
@@ -224,9 +228,9 @@ fn push_file(p: &mut Problems, f: &FileRef, message: &str) {
     p.push(f.pos, &f.key, format!("{}: {message}", f.path.display()));
 }
 
-fn pem_error(e: &rustls::pki_types::pem::Error, expected: &str) -> String {
+fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error, expected: &str) -> String {
     match e {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::Io(io) => crate::config::read_error(path, io),
         rustls::pki_types::pem::Error::NoItemsFound => {
             format!("no PEM item found; expected {expected}")
         }
@@ -251,7 +255,7 @@ fn read_certs(f: &FileRef, p: &mut Problems) -> Option<Vec<CertificateDer<'stati
         }
         Ok(c) => Some(c),
         Err(e) => {
-            push_file(p, f, &pem_error(&e, "PEM certificates"));
+            push_file(p, f, &pem_error(&f.path, &e, "PEM certificates"));
             None
         }
     }
@@ -262,7 +266,7 @@ fn read_crls(f: &FileRef, p: &mut Problems) -> Option<Vec<CertificateRevocationL
     let bytes = match std::fs::read(&f.path) {
         Ok(b) => b,
         Err(e) => {
-            push_file(p, f, &e.to_string());
+            push_file(p, f, &crate::config::read_error(&f.path, &e));
             return None;
         }
     };
@@ -281,7 +285,7 @@ fn read_crls(f: &FileRef, p: &mut Problems) -> Option<Vec<CertificateRevocationL
         }
         Ok(c) => Some(c),
         Err(e) => {
-            push_file(p, f, &pem_error(&e, "a CRL in PEM or DER"));
+            push_file(p, f, &pem_error(&f.path, &e, "a CRL in PEM or DER"));
             None
         }
     }

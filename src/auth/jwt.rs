@@ -309,7 +309,7 @@ fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
 }
 
 fn read_jwks_file(path: &Path) -> Result<JwkSet, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| crate::config::read_error(path, &e))?;
     parse_jwks(&bytes)
 }
 

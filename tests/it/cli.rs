@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)

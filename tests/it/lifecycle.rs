@@ -48,7 +48,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");
-    let up = FakeUpstream::with_mode(Mode::Delay(Duration::from_millis(800))).await;
+    let up = FakeUpstream::with_mode(Mode::Delay(Duration::from_millis(1500))).await;
     let rest = format!("{POLICY}\nlimits:\n  shutdown_timeout: 10s\n");
     let mut gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &rest)).await;
     let client = gw.client(Some(&bob));
@@ -66,6 +66,31 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
         client.get("/new").await.is_err(),
         "new connections are refused while draining"
     );
+    // A draining gateway is alive but not ready: a readiness probe takes it out of the
+    // Service, a liveness probe must not restart it mid-drain.
+    let health = |live: bool| {
+        let mut args = vec!["health".to_owned(), "--admin".to_owned(), admin.to_string()];
+        if live {
+            args.push("--live".to_owned());
+        }
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(crate::cli::BIN)
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let (ready, alive) = (health(false).await.unwrap(), health(true).await.unwrap());
+    assert_eq!(ready.status.code(), Some(1), "health while draining");
+    assert!(
+        String::from_utf8_lossy(&ready.stderr).contains("not ready: HTTP/1.1 503"),
+        "{ready:?}"
+    );
+    assert!(
+        alive.status.success(),
+        "health --live while draining: {alive:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&alive.stdout), "alive\n");
     let reply = in_flight
         .await
         .unwrap()

@@ -6,6 +6,7 @@ mod support;
 mod attacks;
 mod auth;
 mod cli;
+mod deploy;
 mod faults;
 mod lifecycle;
 mod limits;

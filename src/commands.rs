@@ -106,6 +106,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut warnings = config.warnings.clone();
     warnings.extend(self::warnings(&config));
     let state = State::build(config)?;
+    warnings.extend(state.warnings.iter().cloned());
     let mut expired = Vec::new();
     let mut soon = Vec::new();
     for (file, at) in &state.expiries.certificates {

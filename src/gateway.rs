@@ -59,6 +59,8 @@ pub struct State {
     pub upstreams: Vec<Upstream>,
     /// Certificate and CRL expiry facts.
     pub expiries: Expiries,
+    /// Warnings about the TLS files, for `check` and the log.
+    pub warnings: Vec<String>,
     /// API key, JWT and Basic verification.
     pub auth: Arc<Authenticator>,
     /// Rate-limit budgets.
@@ -77,7 +79,12 @@ impl State {
     /// # Errors
     /// Every problem with the certificate, key, CA and CRL files.
     pub fn build(config: Config) -> Result<State, ConfigErrors> {
-        let (tls, expiries, verifier) = crate::tls::server_config(&config)?;
+        let crate::tls::Listener {
+            server: tls,
+            expiries,
+            verifier,
+            warnings,
+        } = crate::tls::server_config(&config)?;
         let policy = Policy::new(&config);
         let upstreams = config
             .upstreams
@@ -94,6 +101,7 @@ impl State {
             verifier,
             upstreams,
             expiries,
+            warnings,
             auth,
             ratelimits,
             generation,

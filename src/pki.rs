@@ -20,7 +20,7 @@ use time::{Duration, OffsetDateTime};
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum PkiError {
         source: std::io::Error,
     },
     /// rcgen refused the parameters or input.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Rcgen {
         /// What was being done.
         context: String,

@@ -22,6 +22,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigE
     };
     match result {
         Ok(state) => {
+            for w in state.config.warnings.iter().chain(&state.warnings) {
+                tracing::warn!(warning = %w, "configuration warning");
+            }
             shared.install(state);
             shared
                 .metrics

@@ -31,10 +31,10 @@ use crate::observability::{Activity, ActivityIo};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration or a file it names is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({key}): {source}")]
+    #[error("cannot listen on {addr} ({key})")]
     Bind {
         /// `listen` or `admin.listen`.
         key: &'static str,
@@ -525,6 +525,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(warning = %w, "configuration warning");
     }
     let gateway = Gateway::bind(config).await?;
+    for w in &gateway.shared().state.load().warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
     let shutdown = shutdown_signal();
     tokio::spawn(crate::reload::on_sighup(gateway.shared(), path));
     gateway.run(shutdown).await;

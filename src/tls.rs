@@ -81,19 +81,36 @@ pub fn install_provider() {
 /// older snapshot can be checked again when CRLs or the CA bundle change.
 pub type ClientVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 
+/// The listener's TLS setup, built from one configuration.
+pub struct Listener {
+    /// The rustls configuration.
+    pub server: Arc<ServerConfig>,
+    /// Certificate and CRL expiry facts.
+    pub expiries: Expiries,
+    /// The client verifier (none with `client_auth: off`).
+    pub verifier: Option<ClientVerifier>,
+    /// What works but is likely not what was meant, for `check` and the startup log.
+    pub warnings: Vec<String>,
+}
+
 /// Builds the listener's rustls configuration, and its client verifier (none with
-/// `client_auth: off`).
+/// `client_auth: off`). Besides reading the files, it refuses what would make every handshake
+/// fail: a server certificate whose extended key usage excludes serverAuth, a `client_ca`
+/// with no certificate that can issue, a CRL not issued by (or not signed by) a `client_ca`
+/// certificate.
 ///
 /// # Errors
-/// Every unreadable, empty or invalid file, each reported at the key that named it.
-pub fn server_config(
-    config: &Config,
-) -> Result<(Arc<ServerConfig>, Expiries, Option<ClientVerifier>), ConfigErrors> {
+/// Every unreadable, empty, invalid or unusable file, each reported at the key that named it.
+pub fn server_config(config: &Config) -> Result<Listener, ConfigErrors> {
     let mut p = Problems::new(config.path.display().to_string());
     let mut expiries = Expiries::default();
+    let mut warnings = Vec::new();
     let t = &config.tls;
 
     let chain = read_certs(&t.cert, &mut p);
+    if let Some(leaf) = chain.as_ref().and_then(|c| c.first()) {
+        check_server_usage(&t.cert, leaf, &mut p);
+    }
     if let Some(na) = chain.as_ref().and_then(|c| c.first()).and_then(not_after) {
         expiries
             .certificates
@@ -119,8 +136,17 @@ pub fn server_config(
         ClientAuth::Off => None,
         mode => {
             let mut roots = RootCertStore::empty();
+            let cas = match &t.client_ca {
+                Some(ca) => read_certs(ca, &mut p).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if let Some(ca) = &t.client_ca
+                && !cas.is_empty()
+            {
+                check_client_ca(ca, &cas, &mut p, &mut warnings);
+            }
             if let Some(ca) = &t.client_ca {
-                for cert in read_certs(ca, &mut p).unwrap_or_default() {
+                for cert in cas.iter().cloned() {
                     if let Some(na) = not_after(&cert) {
                         expiries
                             .certificates
@@ -137,6 +163,9 @@ pub fn server_config(
                     for crl in list {
                         if let Some(next) = next_update(&crl) {
                             expiries.crls.push((f.path.display().to_string(), next));
+                        }
+                        if !cas.is_empty() {
+                            check_crl_issuer(f, &crl, &cas, &mut p);
                         }
                         crls.push(crl);
                     }
@@ -211,7 +240,150 @@ pub fn server_config(
     server.ignore_client_order = true;
     // http/1.0 too: a client that offers only that is served HTTP/1.x, not refused.
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
-    Ok((Arc::new(server), expiries, verifier))
+    Ok(Listener {
+        server: Arc::new(server),
+        expiries,
+        verifier,
+        warnings,
+    })
+}
+
+/// A server certificate is refused by every client when its extended key usage, if it has
+/// one, does not include serverAuth (RFC 5280 §4.2.1.12; browsers, curl and rustls agree).
+fn check_server_usage(f: &FileRef, leaf: &CertificateDer<'_>, p: &mut Problems) {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf.as_ref()) else {
+        return; // rustls reports an unparsable certificate itself
+    };
+    if let Ok(Some(eku)) = cert.extended_key_usage()
+        && !eku.value.server_auth
+        && !eku.value.any
+    {
+        push_file(
+            p,
+            f,
+            &format!(
+                "the certificate for {} has an extendedKeyUsage without serverAuth, so clients refuse it as a server certificate; issue one with serverAuth (portcullis certs init does)",
+                cert.subject()
+            ),
+        );
+    }
+}
+
+/// Whether a certificate may issue others: CA:TRUE in its basic constraints.
+fn is_ca(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+/// `client_ca` must hold a certificate that can issue client certificates. A certificate
+/// issued by someone else without CA:TRUE (a leaf copied by mistake) issues nothing, so a
+/// bundle of only such certificates refuses every client; one among CAs is only noise. A
+/// self-signed certificate without CA:TRUE is accepted with a warning: pinning one client's
+/// own certificate is a setup some use.
+fn check_client_ca(
+    f: &FileRef,
+    cas: &[CertificateDer<'_>],
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) {
+    use x509_parser::prelude::FromDer;
+    let mut leaves = Vec::new();
+    let mut issuers = 0;
+    for (i, der) in cas.iter().enumerate() {
+        let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der.as_ref())
+        else {
+            continue; // reported when the roots are built
+        };
+        if is_ca(&cert) {
+            issuers += 1;
+        } else if cert.subject() == cert.issuer() {
+            issuers += 1;
+            warnings.push(format!(
+                "{}: certificate {} ({}) is self-signed without CA:TRUE; it can verify only certificates signed with its own key",
+                f.path.display(),
+                i + 1,
+                cert.subject()
+            ));
+        } else {
+            leaves.push(format!(
+                "certificate {} ({}, issued by {})",
+                i + 1,
+                cert.subject(),
+                cert.issuer()
+            ));
+        }
+    }
+    if leaves.is_empty() {
+        return;
+    }
+    if issuers == 0 {
+        push_file(
+            p,
+            f,
+            &format!(
+                "{} is not a CA certificate (no basicConstraints CA:TRUE), so no client certificate can chain to it; point client_ca at the CA that issued the clients' certificates",
+                leaves.join(", ")
+            ),
+        );
+    } else {
+        warnings.push(format!(
+            "{}: {} is not a CA certificate and verifies no client; remove it from the bundle",
+            f.path.display(),
+            leaves.join(", ")
+        ));
+    }
+}
+
+/// Revocation is checked against the CRL of the CA that issued the client's certificate; with
+/// CRLs configured, a client whose issuer has none is refused (status unknown). So each CRL
+/// must come from a `client_ca` certificate, by name and by signature: a CRL from another CA
+/// refuses every client, and one that fails its signature check makes every handshake fail.
+fn check_crl_issuer(
+    f: &FileRef,
+    crl: &CertificateRevocationListDer<'_>,
+    cas: &[CertificateDer<'_>],
+    p: &mut Problems,
+) {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, list)) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+    else {
+        push_file(p, f, "not a valid X.509 CRL");
+        return;
+    };
+    let issuers: Vec<_> = cas
+        .iter()
+        .filter_map(|der| {
+            x509_parser::certificate::X509Certificate::from_der(der.as_ref())
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .filter(|c| c.subject() == list.issuer())
+        .collect();
+    if issuers.is_empty() {
+        push_file(
+            p,
+            f,
+            &format!(
+                "the CRL is issued by {}, which is not a certificate in tls.client_ca, so every client would be refused (revocation status unknown); use the CRL of the CA that issues the clients' certificates, or add its issuer (an intermediate) to client_ca",
+                list.issuer()
+            ),
+        );
+        return;
+    }
+    if !issuers
+        .iter()
+        .any(|ca| list.verify_signature(ca.public_key()).is_ok())
+    {
+        push_file(
+            p,
+            f,
+            &format!(
+                "the CRL names {} as its issuer but is not signed by that certificate's key in tls.client_ca; every handshake would fail",
+                list.issuer()
+            ),
+        );
+    }
 }
 
 fn fail(p: Problems) -> ConfigErrors {

@@ -50,15 +50,15 @@ pub(crate) struct Checkout {
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    #[error("cannot resolve {0}: {1}")]
+    #[error("cannot resolve {0}")]
     Resolve(String, #[source] std::io::Error),
     #[error("{0} resolves to no address")]
     NoAddress(String),
     #[error("connect to {0} timed out after {1:?}")]
     Timeout(std::net::SocketAddr, Duration),
-    #[error("connect to {0}: {1}")]
+    #[error("connect to {0}")]
     Io(std::net::SocketAddr, #[source] std::io::Error),
-    #[error("HTTP/1.1 handshake: {0}")]
+    #[error("HTTP/1.1 handshake")]
     Handshake(#[source] hyper::Error),
 }
 

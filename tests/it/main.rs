@@ -5,6 +5,7 @@ mod support;
 
 mod attacks;
 mod auth;
+mod check;
 mod cli;
 mod deploy;
 mod faults;

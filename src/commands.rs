@@ -173,6 +173,62 @@ fn report_tests(config: &Config) -> usize {
     failed
 }
 
+/// Methods a route leaves out reach the next route that matches, as nginx's `limit_except`
+/// users do not expect: `/admin/` restricted to GET and POST for admins lets PUT through to a
+/// catch-all route for readers. Warned when that next route is broader than the restricted
+/// one (a route for the same path that takes the other methods is deliberate).
+fn method_fall_through(config: &Config) -> Vec<String> {
+    const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let mut out = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let m = &route.matcher;
+        let Some(allowed) = &m.methods else { continue };
+        let (path, shown) = match (&m.exact, &m.prefix) {
+            (Some(exact), _) => (exact.as_str(), exact.clone()),
+            (None, Some(prefix)) => (
+                prefix.as_str(),
+                format!("{}/...", prefix.trim_end_matches('/')),
+            ),
+            (None, None) => ("/", "/...".to_owned()),
+        };
+        let left_out: Vec<&str> = METHODS
+            .iter()
+            .copied()
+            .filter(|name| !allowed.iter().any(|a| a.as_str() == *name))
+            .collect();
+        for later in &config.routes[i + 1..] {
+            let l = &later.matcher;
+            let host = l.host.is_none()
+                || l.host.as_ref().map(|h| h.pattern()) == m.host.as_ref().map(|h| h.pattern());
+            let same_path = l.exact == m.exact && l.prefix == m.prefix;
+            if !host || same_path || l.exact.is_some() || !l.matches_path(path) {
+                continue;
+            }
+            let caught: Vec<&str> = left_out
+                .iter()
+                .copied()
+                .filter(|name| {
+                    l.methods
+                        .as_ref()
+                        .is_none_or(|ms| ms.iter().any(|x| x.as_str() == *name))
+                })
+                .collect();
+            if !caught.is_empty() {
+                let verb = if caught.len() == 1 { "falls" } else { "fall" };
+                out.push(format!(
+                    "{} {shown} {verb} through to route {:?}: route {:?} allows only {}; add a route for {shown} that decides the other methods, or drop its `methods`",
+                    caught.join("/"),
+                    later.name,
+                    route.name,
+                    allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", "),
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// `passwd`: one line from stdin (without its newline) → argon2id hash.
 fn passwd() -> anyhow::Result<ExitCode> {
     use std::io::{BufRead, IsTerminal};
@@ -252,6 +308,7 @@ fn warnings(config: &Config) -> Vec<String> {
         };
         host && methods && path
     };
+    out.extend(method_fall_through(config));
     for (i, later) in config.routes.iter().enumerate() {
         if let Some(earlier) = config.routes[..i].iter().find(|e| covers(e, later)) {
             out.push(format!(

@@ -154,3 +154,52 @@ fn a_busy_port_is_one_error_with_its_cause_once() {
     );
     assert_eq!(err.matches("in use").count(), 1, "the OS error once: {err}");
 }
+
+/// A gateway.yaml with the PKI of `setup` and these routes.
+fn with_routes(routes: &str) -> tempfile::TempDir {
+    let dir = setup(TLS);
+    let yaml = std::fs::read_to_string(dir.path().join("gateway.yaml")).unwrap();
+    let head = &yaml[..yaml.find("routes:").unwrap()];
+    write(
+        dir.path(),
+        "gateway.yaml",
+        &format!(
+            "{head}principals:\n  - name: ops\n    cert: {{ cn: \"ops-*\" }}\n    roles: [admin]\n  - name: readers\n    cert: {{ cn: \"reader-*\" }}\n    roles: [reader]\nroutes:\n{routes}"
+        ),
+    );
+    dir
+}
+
+#[test]
+fn methods_that_fall_through_to_a_broader_route_are_a_warning() {
+    let dir = with_routes(
+        "  - name: admin\n    match: { prefix: /admin/, methods: [GET, POST, DELETE] }\n    upstream: app\n    allow: { roles: [admin] }\n  - name: reader\n    match: { prefix: / }\n    upstream: app\n    allow: { roles: [reader] }\n",
+    );
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: HEAD/PUT/PATCH/OPTIONS /admin/... fall through to route \"reader\": route \"admin\" allows only GET, POST, DELETE"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_route_for_the_same_path_taking_the_other_methods_is_deliberate() {
+    let dir = with_routes(
+        "  - name: admin-write\n    match: { prefix: /admin/, methods: [POST, PUT, PATCH, DELETE] }\n    upstream: app\n    allow: { roles: [admin] }\n  - name: admin-read\n    match: { prefix: /admin/ }\n    upstream: app\n    allow: { roles: [reader] }\n",
+    );
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("fall"), "{out}");
+}
+
+#[test]
+fn the_shipped_gateway_yaml_checks_without_warnings() {
+    let dir = setup(TLS);
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
+    write(dir.path(), "gateway.yaml", &shipped);
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+}

@@ -302,6 +302,34 @@ pub struct TestOutcome {
     pub failure: Option<String>,
 }
 
+/// The `tests:` cases as a gate: `run` and reload serve no configuration whose own policy
+/// tests fail, so an edit that opens (or closes) a route by mistake is refused like a syntax
+/// error. Each failure is reported at its test's line.
+///
+/// # Errors
+/// One problem per failed case.
+pub fn enforce_tests(config: &Config) -> Result<(), crate::config::ConfigErrors> {
+    let file = config.path.display().to_string();
+    let errors: Vec<_> = run_tests(config)
+        .into_iter()
+        .zip(&config.tests)
+        .enumerate()
+        .filter_map(|(i, (outcome, case))| {
+            outcome.failure.map(|why| crate::config::ConfigError {
+                file: file.clone(),
+                pos: case.pos,
+                key: format!("tests[{i}]"),
+                message: format!("policy test {:?} fails: {why}", case.name),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigErrors { file, errors })
+    }
+}
+
 /// Runs the `tests:` cases of a configuration.
 pub fn run_tests(config: &Config) -> Vec<TestOutcome> {
     let policy = Policy::new(config);

@@ -11,12 +11,17 @@ use std::sync::Arc;
 use crate::gateway::{Shared, State};
 use crate::metrics::ResultLabel;
 
-/// Reloads `path` into `shared`.
+/// Reloads `path` into `shared`: the new configuration must load, pass its own policy
+/// `tests:`, and build (every file it names read and checked) before it is swapped in.
 ///
 /// # Errors
 /// The new configuration's problems; the old snapshot stays live.
 pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigErrors> {
-    let result = crate::config::load(path).and_then(State::build);
+    // The new configuration's own policy tests must pass before it is served.
+    let result = crate::config::load(path).and_then(|config| {
+        crate::explain::enforce_tests(&config)?;
+        State::build(config)
+    });
     let label = |r: &str| ResultLabel {
         result: r.to_owned(),
     };

@@ -521,6 +521,7 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
 /// When the gateway cannot start.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let path = config.path.clone();
+    crate::explain::enforce_tests(&config)?;
     for w in &config.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }

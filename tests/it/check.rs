@@ -203,3 +203,22 @@ fn the_shipped_gateway_yaml_checks_without_warnings() {
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("warning"), "{out}");
 }
+
+#[test]
+fn run_refuses_a_config_whose_policy_tests_fail() {
+    let dir = with_routes(
+        "  - name: admin\n    match: { prefix: /admin/ }\n    upstream: app\n    allow: { roles: [reader] }\n",
+    );
+    let yaml = std::fs::read_to_string(dir.path().join("gateway.yaml")).unwrap()
+        + "tests:\n  - name: readers cannot administer\n    request: { path: /admin/x, cert: { cn: reader-bob } }\n    expect: \"403\"\n";
+    write(dir.path(), "gateway.yaml", &yaml);
+    let o = portcullis(dir.path(), &["run", "-c", "gateway.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "gateway.yaml:23:5: tests[0]: policy test \"readers cannot administer\" fails: "
+        ),
+        "{err}"
+    );
+}

@@ -161,6 +161,44 @@ async fn reload_swaps_policy_and_a_broken_config_keeps_the_old_one() {
         .to_string();
     assert!(err.contains("unknown upstream \"nope\""), "{err}");
     assert_eq!(c.get("/admin/x").await.unwrap().status, 200);
+
+    // A config whose own policy tests fail is not served: here the edit opens /admin/ to
+    // anyone while a test says callers without a role are refused there.
+    let opened = format!(
+        "{}\ntests:\n  - name: strangers stay out of admin\n    request: {{ path: /admin/x, cert: {{ cn: stranger }} }}\n    expect: \"403\"\n",
+        POLICY.replace("allow: { roles: [admin] }", "allow: authenticated")
+    );
+    std::fs::write(&path, yaml(&pki, up.addr, &opened)).unwrap();
+    let err = portcullis::reload::reload(&shared, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(": tests[0]: policy test \"strangers stay out of admin\" fails"),
+        "{err}"
+    );
+    let stranger = pki.client("stranger");
+    let s = crate::support::Client::new(addr, &pki.ca_pem, Some(&stranger));
+    assert_eq!(
+        s.get("/admin/x").await.unwrap().status,
+        403,
+        "the previous policy still decides"
+    );
+    // With the test passing (the route fixed), the reload goes through.
+    std::fs::write(
+        &path,
+        yaml(
+            &pki,
+            up.addr,
+            &opened.replace("allow: authenticated", "allow: { roles: [admin] }"),
+        ),
+    )
+    .unwrap();
+    portcullis::reload::reload(&shared, &path).unwrap();
+    assert_eq!(
+        c.get("/admin/x").await.unwrap().status,
+        403,
+        "readers lost admin again"
+    );
     task.abort();
 }
 

@@ -89,8 +89,115 @@ fn parse(text: &str) -> Result<RawConfig, (Pos, String, String)> {
                 column: l.column() as u32,
             })
             .unwrap_or_default();
-        (pos, key_path, clean_message(&inner.to_string()))
+        let mut message = clean_message(&inner.to_string());
+        if let Some(hint) = indentation_hint(text, pos.line as usize, &message) {
+            message.push_str("; ");
+            message.push_str(&hint);
+        }
+        (pos, key_path, message)
     })
+}
+
+/// When a syntax error or an unknown key is most likely a line indented one level too far or
+/// not far enough, says which line and how far: the error's line or the next one, moved (with
+/// the lines nested under it) to an indentation that an earlier line uses, makes the whole file
+/// parse. A type error (a string where a number belongs) is left alone.
+fn indentation_hint(text: &str, error_line: usize, message: &str) -> Option<String> {
+    let type_error = [
+        "invalid type",
+        "invalid value",
+        "missing field",
+        "invalid length",
+    ]
+    .iter()
+    .any(|t| message.starts_with(t));
+    if type_error || error_line == 0 {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let content = |l: &str| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    // The error's line and the next line with content (a key left without its nested value
+    // is reported at the key; the slip is the line below).
+    let mut candidates = vec![error_line - 1];
+    if let Some(next) = (error_line..lines.len()).find(|&i| content(lines[i])) {
+        candidates.push(next);
+    }
+    for at in candidates {
+        let Some(line) = lines.get(at) else { continue };
+        if !content(line) {
+            continue;
+        }
+        let from = indent(line);
+        // Indentations in use above: each line's own, and inside a list item its keys'.
+        let mut levels: Vec<usize> = lines[..at]
+            .iter()
+            .filter(|l| content(l))
+            .flat_map(|l| {
+                let i = indent(l);
+                let item = l[i..].starts_with("- ").then_some(i + 2);
+                std::iter::once(i).chain(item)
+            })
+            .collect();
+        // One level below the line above: the value of a key left without one.
+        if let Some(above) = lines[..at].iter().rev().find(|l| content(l)) {
+            let i = indent(above);
+            let item = if above[i..].starts_with("- ") {
+                i + 2
+            } else {
+                i
+            };
+            levels.push(item + 2);
+        }
+        levels.retain(|&i| i != from);
+        levels.sort_unstable();
+        levels.dedup();
+        // The nearest levels first: a slip is usually one level.
+        levels.sort_by_key(|&i| i.abs_diff(from));
+        for to in levels {
+            let mut moved: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+            let shift = |l: &str| {
+                if to > from {
+                    format!("{}{l}", " ".repeat(to - from))
+                } else {
+                    l[from - to..].to_owned()
+                }
+            };
+            // The line and the lines nested under it move together.
+            moved[at] = shift(lines[at]);
+            for (j, l) in lines.iter().enumerate().skip(at + 1) {
+                if !content(l) {
+                    continue;
+                }
+                if indent(l) <= from {
+                    break;
+                }
+                moved[j] = shift(l);
+            }
+            let attempt = moved.join("\n");
+            let parses = serde_saphyr::with_deserializer_from_str(&attempt, |de| {
+                <RawConfig as serde::Deserialize>::deserialize(de)
+            })
+            .is_ok();
+            if parses {
+                let parent = lines[..at]
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, l)| content(l) && indent(l) < to)
+                    .map(|(i, l)| format!(", under `{}` on line {}", l.trim(), i + 1))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "hint: line {} is indented {from} spaces; indented {to}{parent}, the file parses",
+                    at + 1
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// serde_path_to_error prints `a.b[0].c`; an empty path prints as `.`.
@@ -112,6 +219,45 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
         }
     }
     out
+}
+
+/// What the file declares, whether or not it resolved: a reference to something that has
+/// problems of its own was already reported there, and must not add an "unknown" error.
+struct Declared<'a> {
+    routes: Vec<&'a str>,
+    api_keys: Vec<&'a str>,
+    basic_users: Vec<&'a str>,
+}
+
+impl<'a> Declared<'a> {
+    fn of(raw: &'a raw::RawConfig) -> Declared<'a> {
+        let routes = raw
+            .routes
+            .as_ref()
+            .map(|list| {
+                list.value
+                    .iter()
+                    .filter_map(|r| r.value.name.as_ref().map(|n| n.value.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let principals = raw.principals.as_deref().unwrap_or_default();
+        let api_keys = principals
+            .iter()
+            .filter(|p| p.value.api_key.is_some())
+            .filter_map(|p| p.value.name.as_ref().map(|n| n.value.as_str()))
+            .collect();
+        let basic_users = principals
+            .iter()
+            .filter_map(|p| p.value.basic.as_ref()?.value.user.as_ref())
+            .map(|u| u.value.as_str())
+            .collect();
+        Declared {
+            routes,
+            api_keys,
+            basic_users,
+        }
+    }
 }
 
 /// `known: a, b` or `none are defined`, for "unknown X" messages.
@@ -238,7 +384,7 @@ impl Resolver {
         let auth_failures = self.auth_failures(raw.rate_limits.as_ref())?;
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref())?;
         let tests = match &raw.tests {
-            Some(list) => self.tests(list, &principals, &routes),
+            Some(list) => self.tests(list, &principals, &routes, &Declared::of(&raw)),
             None => Vec::new(),
         };
         Some(Config {
@@ -613,6 +759,7 @@ impl Resolver {
         list: &[Sp<raw::RawTest>],
         principals: &[Principal],
         routes: &[RouteSettings],
+        declared: &Declared<'_>,
     ) -> Vec<TestCase> {
         let mut out = Vec::new();
         for (i, sp) in list.iter().enumerate() {
@@ -648,13 +795,14 @@ impl Resolver {
                     let name = self.string(r, &format!("{key}.route"));
                     if let Some(n) = &name
                         && !routes.iter().any(|rt| *rt.name == **n)
+                        && !declared.routes.contains(&n.as_str())
                     {
                         self.p.push(
                             pos(r),
                             format!("{key}.route"),
                             format!(
                                 "unknown route {n:?} ({})",
-                                known(routes.iter().map(|r| &*r.name))
+                                known(declared.routes.iter().copied())
                             ),
                         );
                     }
@@ -663,7 +811,7 @@ impl Resolver {
                 None => None,
             };
             let request = match &t.request {
-                Some(r) => self.test_request(r, &format!("{key}.request"), principals),
+                Some(r) => self.test_request(r, &format!("{key}.request"), principals, declared),
                 None => {
                     self.p.push(
                         pos(sp),
@@ -691,6 +839,7 @@ impl Resolver {
         sp: &Sp<raw::RawTestRequest>,
         key: &str,
         principals: &[Principal],
+        declared: &Declared<'_>,
     ) -> Option<TestRequest> {
         let r = &sp.value;
         let method = match &r.method {
@@ -762,7 +911,8 @@ impl Resolver {
                 let ok = principals.iter().any(|p| {
                     p.name == id_text && matches!(p.matcher, PrincipalMatcher::ApiKey { .. })
                 });
-                if !ok {
+                // One with problems of its own was reported there.
+                if !ok && !declared.api_keys.contains(&id_text.as_str()) {
                     self.p.push(
                         pos(id),
                         format!("{key}.api_key_id"),
@@ -778,7 +928,7 @@ impl Resolver {
             Some(u) => {
                 let user = self.string(u, &format!("{key}.basic_user"))?;
                 let ok = principals.iter().any(|p| matches!(&p.matcher, PrincipalMatcher::Basic { user: pu, .. } if *pu == user));
-                if !ok {
+                if !ok && !declared.basic_users.contains(&user.as_str()) {
                     self.p.push(
                         pos(u),
                         format!("{key}.basic_user"),
@@ -2234,5 +2384,119 @@ mod tests {
         assert!(e[0].contains("tls.client_ca: missing"), "{e:?}");
         let off = no_ca.replace("  key: s.key\n", "  key: s.key\n  client_auth: off\n");
         assert!(from_str(&off, Path::new("gw.yaml")).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod indentation_tests {
+    use std::path::Path;
+
+    use crate::config::from_str;
+
+    const HEAD: &str = "listen: \"127.0.0.1:0\"\ntls:\n  cert: s.crt\n  key: s.key\n";
+
+    fn error(text: &str) -> String {
+        match from_str(text, Path::new("gateway.yaml")) {
+            Ok(_) => panic!("parsed:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_key_indented_one_space_too_far_is_pointed_at() {
+        let e = error(&format!("{HEAD}   client_ca: ca.crt\n"));
+        assert!(e.starts_with("gateway.yaml:5:13: tls: "), "{e}");
+        assert!(
+            e.ends_with("hint: line 5 is indented 3 spaces; indented 2, under `tls:` on line 2, the file parses"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_that_belongs_one_level_down_is_pointed_at() {
+        let e = error(&format!("{HEAD}client_ca: ca.crt\n"));
+        assert!(
+            e.contains("gateway.yaml:5:1: client_ca: unknown field `client_ca`"),
+            "{e}"
+        );
+        assert!(e.ends_with("hint: line 5 is indented 0 spaces; indented 2, under `tls:` on line 2, the file parses"), "{e}");
+    }
+
+    #[test]
+    fn a_value_not_nested_under_its_key_is_pointed_at() {
+        let e = error(&format!(
+            "{HEAD}upstreams:\n  app:\n  url: http://127.0.0.1:9\n"
+        ));
+        assert!(e.ends_with("hint: line 7 is indented 2 spaces; indented 4, under `app:` on line 6, the file parses"), "{e}");
+    }
+
+    #[test]
+    fn a_list_items_key_one_level_up_is_pointed_at() {
+        let e = error(&format!(
+            "{HEAD}routes:\n  - name: a\n    match: {{ prefix: / }}\n  allow: anyone\n"
+        ));
+        assert!(e.ends_with("hint: line 8 is indented 2 spaces; indented 4, under `- name: a` on line 6, the file parses"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_value_gets_no_indentation_hint() {
+        let e = error(&format!("{HEAD}  bogus: 1\n"));
+        assert!(
+            e.contains("unknown field `bogus`") && !e.contains("hint"),
+            "{e}"
+        );
+        let e = error(&format!("{HEAD}  client_ca: [1, 2]\n"));
+        assert!(!e.contains("hint"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod one_error_tests {
+    use std::path::Path;
+
+    use crate::config::from_str;
+
+    fn problems(text: &str) -> Vec<String> {
+        match from_str(text, Path::new("gateway.yaml")) {
+            Ok(_) => panic!("resolved:\n{text}"),
+            Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const BASE: &str = "tls:\n  cert: s.crt\n  key: s.key\n  client_ca: ca.crt\nupstreams:\n  app:\n    url: htp://127.0.0.1:9\n";
+
+    #[test]
+    fn references_to_a_route_or_principal_with_problems_add_no_errors() {
+        let text = format!(
+            "{BASE}routes:\n  - name: admin\n    match: {{ prefix: admin }}\n    upstream: app\n    allow: {{ roles: [admin] }}\nprincipals:\n  - name: key1\n    api_key: {{ sha256: zz }}\n    roles: [admin]\n  - name: alice\n    basic: {{ user: alice, argon2: nope }}\n    roles: [admin]\ntests:\n  - name: t\n    request: {{ path: /admin/x, api_key_id: key1 }}\n    expect: allow\n    route: admin\n  - name: u\n    request: {{ path: /admin/x, basic_user: alice }}\n    expect: allow\n"
+        );
+        let p = problems(&text);
+        let keys: Vec<&str> = p.iter().map(|e| e.split(": ").nth(1).unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "upstreams.app.url",
+                "routes[0].match.prefix",
+                "principals[0].api_key.sha256",
+                "principals[1].basic.argon2"
+            ],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_reference_to_nothing_declared_is_still_an_error() {
+        let text = format!(
+            "{BASE}routes:\n  - name: all\n    match: {{ prefix: / }}\n    upstream: app\n    allow: anyone\ntests:\n  - name: t\n    request: {{ path: /x, api_key_id: ghost }}\n    expect: allow\n    route: admin\n"
+        );
+        let p = problems(&text).join("\n");
+        assert!(
+            p.contains("tests[0].route: unknown route \"admin\" (known: all)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("tests[0].request.api_key_id: no api_key principal is named \"ghost\""),
+            "{p}"
+        );
     }
 }

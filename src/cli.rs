@@ -166,6 +166,10 @@ pub enum CertsCommand {
         /// The PKI folder.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Revoke even a certificate this CA did not issue, or a serial that matches no
+        /// certificate in the folder (one whose file is gone).
+        #[arg(long)]
+        force: bool,
     },
 }
 

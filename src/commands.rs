@@ -411,10 +411,26 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             let (crt, key) = pki::issue(&dir, &spec)?;
             println!("wrote {}\nwrote {}", crt.display(), key.display());
         }
-        CertsCommand::Revoke { serial, cert, dir } => {
+        CertsCommand::Revoke {
+            serial,
+            cert,
+            dir,
+            force,
+        } => {
             let serial = match (serial, cert) {
-                (Some(s), _) => pki::parse_serial(&s)?,
-                (None, Some(file)) => pki::serial_of(&file)?,
+                (Some(s), _) => {
+                    let serial = pki::parse_serial(&s)?;
+                    if !force {
+                        pki::check_serial_issued(&dir, &serial)?;
+                    }
+                    serial
+                }
+                (None, Some(file)) => {
+                    if !force {
+                        pki::check_issued_by_ca(&dir, &file)?;
+                    }
+                    pki::serial_of(&file)?
+                }
                 (None, None) => bail!("give --serial HEX or --cert FILE"),
             };
             let n = pki::revoke(&dir, &serial)?;

@@ -420,6 +420,88 @@ pub fn serial_of(cert_file: &Path) -> Result<Vec<u8>, PkiError> {
     Ok(cert.raw_serial().to_vec())
 }
 
+/// Whether the CA in `dir` issued the certificate in `cert_file`: its issuer is the CA's
+/// subject and its signature verifies with the CA's key. Revoking a serial from another CA's
+/// certificate would revoke nothing it meant to, and maybe a certificate of this CA that
+/// happens to share the number.
+///
+/// # Errors
+/// Unreadable or unparsable files, or a certificate this CA did not issue.
+pub fn check_issued_by_ca(dir: &Path, cert_file: &Path) -> Result<(), PkiError> {
+    use x509_parser::prelude::FromDer;
+    let ca_der = pem_cert(&dir.join("ca.crt"))?;
+    let der = pem_cert(cert_file)?;
+    fn parse<'a>(
+        der: &'a [u8],
+        path: &Path,
+    ) -> Result<x509_parser::certificate::X509Certificate<'a>, PkiError> {
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .map(|(_, c)| c)
+            .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))
+    }
+    let ca = parse(&ca_der, &dir.join("ca.crt"))?;
+    let cert = parse(&der, cert_file)?;
+    if cert.issuer() != ca.subject() || cert.verify_signature(Some(ca.public_key())).is_err() {
+        return Err(PkiError::Invalid(format!(
+            "{} was not issued by the CA in {} (it names {} as its issuer; this CA is {}); revoking its serial here would not revoke it. --force revokes the serial anyway",
+            cert_file.display(),
+            dir.display(),
+            cert.issuer(),
+            ca.subject()
+        )));
+    }
+    Ok(())
+}
+
+/// Finds the certificate with `serial` among those `certs init` and `certs issue` wrote in
+/// `dir` (server.crt and clients/*.crt), so that a mistyped `--serial` is caught before it
+/// is published.
+///
+/// # Errors
+/// No issued certificate has that serial.
+pub fn check_serial_issued(dir: &Path, serial: &[u8]) -> Result<PathBuf, PkiError> {
+    let mut files = vec![dir.join("server.crt")];
+    if let Ok(entries) = fs::read_dir(dir.join("clients")) {
+        let mut clients: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        clients.sort();
+        files.extend(clients);
+    }
+    let wanted = strip_leading_zeros(serial);
+    for f in &files {
+        if let Ok(s) = serial_of(f)
+            && strip_leading_zeros(&s) == wanted
+        {
+            return Ok(f.clone());
+        }
+    }
+    Err(PkiError::Invalid(format!(
+        "no certificate in {} (server.crt, clients/*.crt) has serial {}; check the number, or give --force to revoke a certificate whose file is gone",
+        dir.display(),
+        hex::encode(serial)
+    )))
+}
+
+fn pem_cert(path: &Path) -> Result<Vec<u8>, PkiError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(path)
+        .map(|d| d.as_ref().to_vec())
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::Io(source) => PkiError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => PkiError::Invalid(format!(
+                "{}: not a PEM certificate ({other:?})",
+                path.display()
+            )),
+        })
+}
+
 /// Parses `--serial` hex (colons allowed).
 ///
 /// # Errors

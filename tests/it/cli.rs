@@ -266,6 +266,53 @@ fn certs_issue_and_revoke_update_the_pki_without_overwriting() {
     }
 }
 
+#[test]
+fn certs_revoke_refuses_a_foreign_certificate_or_an_unknown_serial_unless_forced() {
+    let dir = pki_dir();
+    let crl = || std::fs::read(dir.path().join("certs/ca.crl")).unwrap();
+    let before = crl();
+    // A certificate from another CA: same file layout, different issuer.
+    let other = tempfile::tempdir().unwrap();
+    let o = run(other.path(), &["certs", "init", "--client", "reader-bob"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let foreign = other.path().join("certs/clients/reader-bob.crt");
+    let foreign = foreign.to_str().unwrap();
+    let o = run(dir.path(), &["certs", "revoke", "--cert", foreign]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("reader-bob.crt was not issued by the CA in certs"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(dir.path(), &["certs", "revoke", "--serial", "0badc0de"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o)
+            .contains("no certificate in certs (server.crt, clients/*.crt) has serial 0badc0de"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(before, crl(), "a refused revocation changes nothing");
+
+    // A serial of a certificate the CA issued is found; --force publishes any serial.
+    let bob = portcullis::pki::serial_of(&dir.path().join("certs/clients/reader-bob.crt")).unwrap();
+    let o = run(
+        dir.path(),
+        &["certs", "revoke", "--serial", &hex::encode(&bob)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["certs", "revoke", "--serial", "0badc0de", "--force"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("now lists 2 certificate"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 /// Reads child stdout lines until one contains `marker` or the deadline passes.
 fn read_until(reader: &mut impl BufRead, marker: &str, deadline: Duration) -> Vec<String> {
     let start = Instant::now();

@@ -486,6 +486,14 @@ impl GatewayService {
         }
         log.path.clone_from(&path);
         let match_path = match_form(&path);
+        // The route the request is for, known before any credential is checked, so that a
+        // refused credential or the auth_failures guard is counted and logged against it.
+        let target = state.policy.route(
+            req.method(),
+            host.as_ref().map(|h| h.name.as_str()),
+            &match_path,
+        );
+        log.route = target.map(|r| r.name.clone());
 
         // 4. Credentials. The certificate's part is cached per connection; every other
         //    presented credential must verify, or the request is refused (401), and failures
@@ -496,8 +504,7 @@ impl GatewayService {
             Ok(p) => p,
             Err(failure) => {
                 if let Err(wait) = self.reserve_attempt() {
-                    log.decision = "auth_failures";
-                    return Err(GatewayError::TooManyAuthFailures(wait));
+                    return Err(self.guard_refused(wait, log));
                 }
                 return Err(self.auth_failed(failure, log));
             }
@@ -532,8 +539,7 @@ impl GatewayService {
             cert: self.conn.cert(),
             claims: claims.as_ref(),
         };
-        let decision = state.policy.decide(&facts, caller);
-        log.route = decision.route.map(|r| r.name.clone());
+        let decision = state.policy.decide_on(target, &facts, caller);
         if let Err(denial) = decision.verdict {
             log.decision = denial.as_str();
             let route = log.route.as_deref().unwrap_or("none").to_owned();
@@ -725,8 +731,7 @@ impl GatewayService {
     ) -> Result<(Caller, Option<serde_json::Map<String, serde_json::Value>>), GatewayError> {
         let ip = self.conn.remote.ip();
         if let Err(wait) = self.reserve_attempt() {
-            log.decision = "auth_failures";
-            return Err(GatewayError::TooManyAuthFailures(wait));
+            return Err(self.guard_refused(wait, log));
         }
         let cert = self.conn.cert();
         let mut verified = Verified {
@@ -766,16 +771,28 @@ impl GatewayService {
     /// A refused credential: logged with its reason; the failure reserved for it stays spent.
     fn auth_failed(&self, failure: AuthFailure, log: &mut RequestLog) -> GatewayError {
         tracing::info!(request_id = %log.request_id, client = %self.conn.remote, reason = %failure, "credential refused");
+        self.count_denial(log, "bad_credential");
+        GatewayError::Denied(crate::policy::Denial::Unauthenticated)
+    }
+
+    /// The auth_failures guard refused to verify anything more from this client: a 429 of its
+    /// own, counted and logged as `auth_failures` against the route the request was for.
+    fn guard_refused(&self, wait: std::time::Duration, log: &mut RequestLog) -> GatewayError {
+        tracing::info!(request_id = %log.request_id, client = %self.conn.remote, "too many failed authentications from this client");
+        self.count_denial(log, "auth_failures");
+        GatewayError::TooManyAuthFailures(wait)
+    }
+
+    fn count_denial(&self, log: &mut RequestLog, reason: &'static str) {
         self.shared
             .metrics
             .authz_denied
             .get_or_create(&RouteReason {
-                route: "none".to_owned(),
-                reason: "bad_credential".to_owned(),
+                route: log.route.as_deref().unwrap_or("none").to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
-        log.decision = "bad_credential";
-        GatewayError::Denied(crate::policy::Denial::Unauthenticated)
+        log.decision = reason;
     }
 }
 
@@ -805,7 +822,7 @@ impl hyper::service::Service<Request<Incoming>> for GatewayService {
 }
 
 /// The caller's request id when it is 1-128 characters of `A-Za-z0-9._:-`, else a new one.
-fn request_id(given: Option<&HeaderValue>) -> String {
+pub(crate) fn request_id(given: Option<&HeaderValue>) -> String {
     if let Some(v) = given {
         let b = v.as_bytes();
         let valid = (1..=128).contains(&b.len())

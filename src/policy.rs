@@ -255,7 +255,19 @@ impl Policy {
 
     /// Decides one request: route, then authorization. Default deny.
     pub fn decide<'a>(&'a self, req: &RequestFacts<'_>, caller: &Caller) -> Decision<'a> {
-        let Some(route) = self.route(req.method, req.host, req.path) else {
+        let route = self.route(req.method, req.host, req.path);
+        self.decide_on(route, req, caller)
+    }
+
+    /// [`decide`](Policy::decide) for a route already looked up with [`route`](Policy::route)
+    /// (the gateway finds it before credentials are verified, to label their failures).
+    pub fn decide_on<'a>(
+        &'a self,
+        route: Option<&'a RouteSettings>,
+        req: &RequestFacts<'_>,
+        caller: &Caller,
+    ) -> Decision<'a> {
+        let Some(route) = route else {
             return Decision {
                 route: None,
                 verdict: Err(Denial::NoRoute),

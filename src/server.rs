@@ -322,7 +322,14 @@ async fn accept(
     let verified_under = state.generation();
     drop(state);
 
-    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    if let Ok(true) = tokio::time::timeout_at(deadline, speaks_plain_http(&tcp)).await {
+        let detail = "a plain HTTP request on the TLS port; answered 400";
+        handshake_failed(shared, remote, "plain_http", detail);
+        answer_plain_http(tcp, deadline).await;
+        return None;
+    }
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => Box::new(s),
         Ok(Err(e)) => {
             let reason = crate::tls::failure_reason(&e);
@@ -513,6 +520,46 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
         })
         .inc();
     tracing::info!(peer = %remote, reason, error = %detail, "tls handshake failed");
+}
+
+/// Whether a new connection opens with plain HTTP rather than a TLS record. A TLS
+/// connection's first byte is a record type (0x16 for the ClientHello); an HTTP request line
+/// starts with an upper-case method name. Peeking leaves the byte for the handshake.
+async fn speaks_plain_http(tcp: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(tcp.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Answers plain HTTP on the TLS port the way nginx does, with a 400 a person can read (and
+/// SPEC.md's JSON error body), instead of a TLS alert that clients report as a garbled
+/// protocol error. The request head is read first and the connection closed gracefully, so
+/// the answer is not lost to a reset for unread data. All of it before `deadline`.
+async fn answer_plain_http(mut tcp: TcpStream, deadline: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let id = crate::gateway::request_id(None);
+        let body = format!(
+            "{{\"error\":\"plain HTTP request sent to the HTTPS port: use https://\",\"request_id\":\"{id}\"}}\n"
+        );
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await?;
+        // Let the client read the answer before the socket goes: wait for its close.
+        while tcp.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, exchange).await;
 }
 
 /// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.

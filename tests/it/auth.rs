@@ -351,6 +351,16 @@ routes:
     assert!((1..=60).contains(&retry), "{retry}");
     // A request without credentials (here: a certificate only) is not affected.
     assert_eq!(gw.client(Some(&bob)).get("/doc").await.unwrap().status, 200);
+    // The guard's 429 is counted as such, against the route the request was for.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let m = crate::support::admin_get(gw.admin.unwrap(), "/metrics").await;
+    for want in [
+        "portcullis_authz_denied_total{route=\"docs\",reason=\"bad_credential\"} 3",
+        "portcullis_authz_denied_total{route=\"docs\",reason=\"auth_failures\"} 1",
+        "portcullis_requests_total{route=\"docs\",status=\"429\"} 1",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
 }
 
 #[tokio::test]

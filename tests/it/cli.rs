@@ -435,6 +435,7 @@ fn run_logs_json_access_lines_without_secrets_and_exits_0_on_sigterm() {
     let a: serde_json::Value = serde_json::from_str(access).unwrap();
     assert_eq!(a["status"], 401);
     assert_eq!(a["decision"], "bad_credential");
+    assert_eq!(a["route"], "r", "the route the refused request was for");
     assert_eq!(a["path"], "/report");
     assert_eq!(a["identity"], "CN=reader-bob");
     for line in lines.iter().chain(&rest) {

@@ -214,3 +214,47 @@ async fn http2_is_negotiated_by_alpn() {
         "the upstream gets a Host header from :authority"
     );
 }
+
+#[tokio::test]
+async fn plain_http_on_the_tls_port_gets_a_readable_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /admin/x HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("content-type: application/json\r\n"),
+        "{answer}"
+    );
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a request id");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        json["error"],
+        "plain HTTP request sent to the HTTPS port: use https://"
+    );
+    assert_eq!(json["request_id"], id);
+    assert!(up.requests().is_empty(), "nothing reaches the upstream");
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains("portcullis_tls_handshake_failures_total{reason=\"plain_http\"} 1"),
+        "{m}"
+    );
+    // TLS clients are unaffected.
+    let mut pki = pki;
+    let bob = pki.client("reader-bob");
+    assert_eq!(gw.client(Some(&bob)).get("/x").await.unwrap().status, 200);
+}

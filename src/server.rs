@@ -329,11 +329,12 @@ async fn accept(
         answer_plain_http(tcp, deadline).await;
         return None;
     }
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp).into_fallible()).await {
         Ok(Ok(s)) => Box::new(s),
-        Ok(Err(e)) => {
+        Ok(Err((e, tcp))) => {
             let reason = crate::tls::failure_reason(&e);
             handshake_failed(shared, remote, reason, &e.to_string());
+            close_gracefully(tcp, deadline).await;
             return None;
         }
         Err(_) => {
@@ -520,6 +521,24 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
         })
         .inc();
     tracing::info!(peer = %remote, reason, error = %detail, "tls handshake failed");
+}
+
+/// Closes a connection whose handshake failed without a reset, so that the client reads the
+/// alert rustls sent (`certificate required`, `unknown ca`, ...) rather than a broken pipe. A
+/// TLS 1.3 client considers its side done and may already have sent a request; closing over
+/// that unread data would make the kernel answer with a reset, and the client would lose the
+/// alert with it. So: end the writing side, then read and drop what the client still sends
+/// until it closes, for at most a second (and never past the handshake deadline).
+async fn close_gracefully(mut tcp: TcpStream, deadline: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let linger = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+    let drain = async {
+        tcp.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while tcp.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(linger, drain).await;
 }
 
 /// Whether a new connection opens with plain HTTP rather than a TLS record. A TLS

@@ -486,10 +486,27 @@ fn demo_prints_curl_commands_that_do_what_they_say() {
                 !o.status.success() && code == "000",
                 "{cmd}: expected a refused handshake, got {code}"
             );
+            // curl reads the gateway's alert, as the README shows, not a broken pipe.
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("alert certificate required"), "{cmd}: {err}");
         } else {
             assert_eq!(code, want, "{cmd}\n{}", String::from_utf8_lossy(&o.stderr));
         }
     }
+    // Plain HTTP to the TLS port gets the readable 400 the README shows.
+    let plain = curls[3].replace("https://", "http://");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{plain} -sS -w ' %{{http_code}}'"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        answer.starts_with(r#"{"error":"plain HTTP request sent to the HTTPS port: use https://""#)
+            && answer.ends_with(" 400"),
+        "{plain}: {answer}"
+    );
     assert!(dir.path().join("certs/clients/reader-bob.key").exists());
     let health = Command::new(BIN)
         .args(["health", "--admin", &format!("127.0.0.1:{admin}")])

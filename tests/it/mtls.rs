@@ -58,10 +58,13 @@ async fn rejects_handshakes_without_a_valid_client_certificate() {
         ("revoked", Some(&revoked)),
     ] {
         let result = gw.client(cert).get("/hello").await;
-        assert!(
-            result.is_err(),
-            "{name}: expected the handshake to be refused, got {result:?}"
-        );
+        let Err(e) = result else {
+            panic!("{name}: expected the handshake to be refused, got {result:?}");
+        };
+        // The client reads the server's alert (not a reset that would swallow it), so its
+        // user learns why: rustls says "received fatal alert: CertificateRequired" and so on.
+        let e = format!("{e:#}");
+        assert!(e.contains("received fatal alert"), "{name}: {e}");
     }
     assert!(up.requests().is_empty(), "the upstream must see nothing");
     let m = metrics(&gw).await;
@@ -257,4 +260,34 @@ async fn plain_http_on_the_tls_port_gets_a_readable_400() {
     let mut pki = pki;
     let bob = pki.client("reader-bob");
     assert_eq!(gw.client(Some(&bob)).get("/x").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_request_early_still_reads_why_it_was_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    // A TLS 1.3 client is done with its side of the handshake before the server has checked
+    // its (missing) certificate, and sends its request right away, as curl does. Were the
+    // server to close over that unread request, the kernel's reset would fail the client's
+    // writes with a broken pipe and the alert would never be read.
+    let mut tls = gw
+        .client(None)
+        .connect()
+        .await
+        .expect("the client's side completes");
+    let request = b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for _ in 0..2 {
+        tls.write_all(request).await.expect("writes are not reset");
+        tls.flush().await.expect("writes are not reset");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut buf = Vec::new();
+    let e = tls.read_to_end(&mut buf).await.expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("received fatal alert: CertificateRequired"),
+        "{e}"
+    );
 }

@@ -435,7 +435,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             };
             let n = pki::revoke(&dir, &serial)?;
             println!(
-                "revoked serial {}; {} now lists {n} certificate(s). Running gateways pick it up on reload (SIGHUP)",
+                "revoked serial {}; {} now lists {n} certificate(s). Running gateways reload it when the file changes",
                 hex::encode(&serial),
                 dir.join("ca.crl").display()
             );

@@ -596,7 +596,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(warning = %w, "configuration warning");
     }
     let shutdown = shutdown_signal();
-    tokio::spawn(crate::reload::on_sighup(gateway.shared(), path));
+    tokio::spawn(crate::reload::watch(gateway.shared(), path));
     gateway.run(shutdown).await;
     Ok(())
 }

@@ -313,6 +313,52 @@ fn certs_revoke_refuses_a_foreign_certificate_or_an_unknown_serial_unless_forced
     );
 }
 
+#[test]
+fn run_reloads_when_the_config_file_changes() {
+    let dir = pki_dir();
+    let yaml = format!(
+        "{BASE}routes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: legacy\n    allow: authenticated\nlogging:\n  format: json\n"
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run"])
+        .current_dir(dir.path())
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = read_until(&mut out, "portcullis is serving", Duration::from_secs(20));
+    assert!(
+        lines.iter().any(|l| l.contains("portcullis is serving")),
+        "{lines:?}"
+    );
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        yaml.replace("name: r\n", "name: renamed\n"),
+    )
+    .unwrap();
+    // read_until blocks on the pipe: should the reload never be logged, stop the gateway so
+    // the pipe ends and the test fails instead of hanging.
+    let (done, cancel) = std::sync::mpsc::channel::<()>();
+    let pid = child.id();
+    let guard = std::thread::spawn(move || {
+        if cancel.recv_timeout(Duration::from_secs(15)).is_err() {
+            sigterm(pid);
+        }
+    });
+    let lines = read_until(&mut out, "configuration reloaded", Duration::from_secs(10));
+    let _ = done.send(());
+    let _ = guard.join();
+    sigterm(child.id());
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("configuration reloaded")),
+        "no reload after the file changed: {lines:#?}"
+    );
+}
+
 /// Reads child stdout lines until one contains `marker` or the deadline passes.
 fn read_until(reader: &mut impl BufRead, marker: &str, deadline: Duration) -> Vec<String> {
     let start = Instant::now();

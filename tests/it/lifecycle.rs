@@ -223,3 +223,205 @@ async fn keep_alive_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     s.read_exact(&mut body).await.unwrap();
     head
 }
+
+/// A gateway on `config` (a file in the PKI folder, or a symlink into it) with the file
+/// watcher running, as `portcullis run` has it.
+async fn watched_gateway(
+    config: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<portcullis::gateway::Shared>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let loaded = portcullis::config::load(config).unwrap();
+    let gw = portcullis::Gateway::bind(loaded).await.unwrap();
+    let addr = gw.local_addr();
+    let shared = gw.shared();
+    let watch = tokio::spawn(portcullis::reload::watch(
+        shared.clone(),
+        config.to_path_buf(),
+    ));
+    let serve = tokio::spawn(gw.run(std::future::pending()));
+    (addr, shared, vec![watch, serve])
+}
+
+/// Polls until `get(path)` answers `want`, for up to 5 s; returns how long it took.
+async fn until_status(c: &crate::support::Client, path: &str, want: u16) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let status = c.get(path).await.map(|r| r.status.as_u16()).ok();
+        if status == Some(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{path} still answers {status:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reloads(shared: &portcullis::gateway::Shared, result: &str) -> String {
+    let text = shared.metrics.encode();
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "portcullis_config_reloads_total{{result=\"{result}\"}}"
+            ))
+        })
+        .unwrap_or("none")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn changes_on_disk_reload_without_a_signal_in_place_by_rename_and_by_symlink_swap() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let admin_only = yaml(&pki, up.addr, POLICY);
+    let widened = admin_only.replace(
+        "allow: { roles: [admin] }",
+        "allow: { roles: [admin, reader] }",
+    );
+    // Kubernetes' layout: gateway.yaml -> ..data/gateway.yaml, ..data -> ..v1.
+    let dir = pki.path();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/gateway.yaml"), &admin_only).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gateway.yaml", dir.join("k8s.yaml")).unwrap();
+    let plain = dir.join("plain.yaml");
+    std::fs::write(&plain, &admin_only).unwrap();
+
+    // In place, then by rename, on a plain file.
+    let (addr, shared, tasks) = watched_gateway(&plain).await;
+    let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+    assert_eq!(c.get("/admin/x").await.unwrap().status, 403);
+    std::fs::write(&plain, &widened).unwrap();
+    let took = until_status(&c, "/admin/x", 200).await;
+    eprintln!("in-place write applied after {took:?}");
+    let tmp = dir.join("plain.yaml.tmp");
+    std::fs::write(&tmp, &admin_only).unwrap();
+    std::fs::rename(&tmp, &plain).unwrap();
+    let took = until_status(&c, "/admin/x", 403).await;
+    eprintln!("rename applied after {took:?}");
+    // A broken file keeps the last good configuration, is counted, and heals when fixed.
+    std::fs::write(&plain, widened.replace("upstream: app", "upstream: nope")).unwrap();
+    let start = std::time::Instant::now();
+    while reloads(&shared, "error") == "none" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the broken file was not tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        c.get("/admin/x").await.unwrap().status,
+        403,
+        "the last good one serves"
+    );
+    std::fs::write(&plain, &widened).unwrap();
+    until_status(&c, "/admin/x", 200).await;
+    for t in tasks {
+        t.abort();
+    }
+
+    // A symlink swap: the watched path itself never changes.
+    let (addr, _shared, tasks) = watched_gateway(&dir.join("k8s.yaml")).await;
+    let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+    assert_eq!(c.get("/admin/x").await.unwrap().status, 403);
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/gateway.yaml"), &widened).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let took = until_status(&c, "/admin/x", 200).await;
+    eprintln!("symlink swap applied after {took:?}");
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn no_request_fails_while_the_config_changes_breaks_and_the_certificate_rotates() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let config = pki.file("gateway.yaml");
+    let base = yaml(&pki, up.addr, POLICY);
+    std::fs::write(&config, &base).unwrap();
+    let (addr, shared, tasks) = watched_gateway(&config).await;
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+        let (stop, served) = (stop.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            // Bounded: at most 2,000 requests per client.
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.get("/hello").await {
+                    Ok(r) if r.status == 200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.push(format!("{:?}", other.map(|r| r.status))),
+                }
+            }
+            failures
+        }));
+    }
+    let pause = || tokio::time::sleep(Duration::from_millis(600));
+    // Three policy changes that keep /hello open to readers.
+    for i in 0..3 {
+        let changed = base.replace("name: health", &format!("name: health{i}"));
+        std::fs::write(&config, changed).unwrap();
+        pause().await;
+    }
+    // An invalid config: the last good one keeps serving.
+    std::fs::write(&config, base.replace("upstream: app", "upstream: nope")).unwrap();
+    pause().await;
+    std::fs::write(&config, &base).unwrap();
+    pause().await;
+    // The server certificate rotates: certificate and key written a few ms apart.
+    let old_cert = std::fs::read(pki.file("server.crt")).unwrap();
+    let next = pki.ca.server(&[]).unwrap();
+    std::fs::write(pki.file("server.crt"), &next.cert_pem).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    std::fs::write(pki.file("server.key"), &next.key_pem).unwrap();
+    pause().await;
+    pause().await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let failures = c.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "requests failed during reloads: {failures:?}"
+        );
+    }
+    assert!(
+        served.load(Ordering::Relaxed) > 20,
+        "the clients kept going"
+    );
+    let ok = reloads(&shared, "success");
+    assert!(ok != "none" && !ok.ends_with(" 0"), "{ok}");
+    assert_ne!(
+        reloads(&shared, "error"),
+        "none",
+        "the invalid config was tried"
+    );
+    // New connections get the new certificate.
+    let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+    let tls = c.connect().await.unwrap();
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec();
+    assert_eq!(presented, next.der, "the rotated certificate is served");
+    assert_ne!(old_cert, std::fs::read(pki.file("server.crt")).unwrap());
+    for t in tasks {
+        t.abort();
+    }
+}

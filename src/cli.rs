@@ -48,6 +48,18 @@ pub enum Command {
     Keys(KeysCommand),
     /// Read a password on stdin and print its argon2id hash for a `basic` principal.
     Passwd,
+    /// Who gains or loses access to each route between two configurations; exit 0 when
+    /// nobody does, 3 when someone does, 1 on an error.
+    Diff {
+        /// The configuration before the change.
+        #[arg(value_name = "OLD.yaml")]
+        old: PathBuf,
+        /// The configuration after it (default: -c, $PORTCULLIS_CONFIG, ./gateway.yaml).
+        #[arg(value_name = "NEW.yaml")]
+        new: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Exit 0 when the admin listener's /readyz answers 200 (Docker HEALTHCHECK, a
     /// readiness probe); with --live, when /healthz does (a liveness probe).
     Health {

@@ -33,6 +33,7 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { admin, live } => health(&admin, live),
+        Command::Diff { old, new, config } => diff(&old, new.as_deref().unwrap_or(&config.path)),
         Command::Explain(a) => {
             let config = config::load(&a.config.path)?;
             let req = crate::explain::ExplainRequest {
@@ -326,6 +327,26 @@ fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// `diff`: the access report between two configurations (the one a reload logs).
+fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+    let before = config::load(old)?;
+    let after = config::load(new)?;
+    let changes = crate::access::diff(&before, &after);
+    for c in &changes {
+        println!("{c}");
+    }
+    if changes.is_empty() {
+        println!(
+            "{} -> {}: nobody gains or loses access",
+            old.display(),
+            new.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(3))
+    }
 }
 
 /// `health`: GET /readyz (or /healthz with `--live`) on the admin listener.

@@ -12,9 +12,11 @@
 //! - [`error`]: the single error → status mapping;
 //! - [`observability`], [`metrics`], [`admin`]: logs, the access log, Prometheus, health.
 //!
-//! Around them: [`config`] (gateway.yaml), [`reload`], [`pki`] (`certs` commands),
+//! Around them: [`config`] (gateway.yaml), [`reload`] and [`access`] (who gains or loses
+//! access on a change), [`pki`] (`certs` commands),
 //! [`explain`] (`explain` and `test`), [`demo`] and [`cli`].
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod cli;

@@ -32,7 +32,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), crate::config::ConfigE
             for w in state.config.warnings.iter().chain(&state.warnings) {
                 tracing::warn!(warning = %w, "configuration warning");
             }
+            let changes = crate::access::diff(&shared.state.load().config, &state.config);
             shared.install(state);
+            crate::access::log(&changes);
             shared
                 .metrics
                 .config_reloads

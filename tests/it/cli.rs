@@ -188,11 +188,13 @@ fn usage_errors_exit_2_and_every_command_has_help() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(run(dir.path(), &["frobnicate"]).status.code(), Some(2));
     assert_eq!(run(dir.path(), &["certs", "revoke"]).status.code(), Some(2));
+    assert_eq!(run(dir.path(), &["diff"]).status.code(), Some(2));
     for cmd in [
         &["run", "--help"][..],
         &["check", "--help"],
         &["demo", "--help"],
         &["health", "--help"],
+        &["diff", "--help"],
         &["certs", "init", "--help"],
         &["certs", "issue", "--help"],
         &["certs", "revoke", "--help"],
@@ -357,6 +359,48 @@ fn run_reloads_when_the_config_file_changes() {
         lines.iter().any(|l| l.contains("configuration reloaded")),
         "no reload after the file changed: {lines:#?}"
     );
+    // The reload says who gained and lost access, a JSON line per route.
+    let changes: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.contains("access changed"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 2, "{lines:#?}");
+    assert_eq!(changes[0]["route"], "r");
+    assert_eq!(changes[0]["change"], "removed");
+    assert_eq!(changes[0]["lost"], "(any authenticated caller)");
+    assert_eq!(changes[1]["route"], "renamed");
+    assert_eq!(changes[1]["change"], "added");
+    assert_eq!(changes[1]["gained"], "(any authenticated caller)");
+}
+
+#[test]
+fn diff_reports_who_gains_or_loses_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |admin_roles: &str| {
+        format!(
+            "{BASE}principals:\n  - {{ name: ops, cert: {{ cn: \"ops-*\" }}, roles: [admin, reader] }}\n  - {{ name: readers, cert: {{ cn: \"reader-*\" }}, roles: [reader] }}\nroutes:\n  - {{ name: admin, match: {{ prefix: /admin/ }}, upstream: legacy, allow: {{ roles: [{admin_roles}] }} }}\n  - {{ name: reader, match: {{ prefix: / }}, upstream: legacy, allow: {{ roles: [reader] }} }}\n"
+        )
+    };
+    std::fs::write(dir.path().join("old.yaml"), config("admin")).unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), config("admin, reader")).unwrap();
+    // NEW defaults to ./gateway.yaml; no certificate file is needed to compare policies.
+    let o = run(dir.path(), &["diff", "old.yaml"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "route \"admin\": gained readers\n");
+    let o = run(dir.path(), &["diff", "gateway.yaml", "old.yaml"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(stdout(&o), "route \"admin\": lost readers\n");
+    let o = run(dir.path(), &["diff", "old.yaml", "old.yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("nobody gains or loses access"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(dir.path(), &["diff", "missing.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("missing.yaml"), "{}", stderr(&o));
 }
 
 /// Reads child stdout lines until one contains `marker` or the deadline passes.

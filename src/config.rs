@@ -81,11 +81,23 @@ pub struct TlsSettings {
     pub client_auth: ClientAuth,
     /// Certificate revocation lists (PEM or DER).
     pub crls: Vec<FileRef>,
+    /// What a CRL past its nextUpdate means.
+    pub crl_expired: CrlExpired,
     /// Lowest TLS version accepted.
     pub min_version: TlsVersion,
     /// Cipher suites by IANA name, in the gateway's order of preference (which wins over the
     /// client's).
     pub cipher_suites: Vec<&'static str>,
+}
+
+/// `tls.crl_expired`: what a CRL past its nextUpdate means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlExpired {
+    /// Refuse the client certificates it covers (nginx and HAProxy through OpenSSL), and
+    /// report not ready.
+    Reject,
+    /// Keep using it as it is.
+    Ignore,
 }
 
 /// The cipher suites `tls.cipher_suites` may name, by IANA name, in the default order of

@@ -1005,9 +1005,29 @@ fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
     }
 }
 
-/// Readiness for `/readyz`.
-pub fn is_ready(shared: &Shared) -> bool {
-    shared.ready.load(Ordering::Relaxed)
+/// Whether the gateway is ready to serve, or why not, for `/readyz`: draining, or (with `tls.crl_expired:
+/// reject`) a CRL past its nextUpdate, whose clients are being refused.
+pub fn readiness(shared: &Shared) -> Result<(), String> {
+    if !shared.ready.load(Ordering::Relaxed) {
+        return Err("draining".to_owned());
+    }
+    let state = shared.state.load();
+    if state.config.tls.crl_expired == crate::config::CrlExpired::Reject {
+        let expired: Vec<&str> = state
+            .expiries
+            .crls
+            .iter()
+            .filter(|(_, next)| crate::tls::seconds_until(*next) <= 0)
+            .map(|(file, _)| file.as_str())
+            .collect();
+        if !expired.is_empty() {
+            return Err(format!(
+                "CRL past its nextUpdate, its clients are refused: {}",
+                expired.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -219,8 +219,11 @@ impl Metrics {
         out
     }
 
-    /// Refreshes the certificate and CRL expiry gauges.
+    /// Sets the certificate and CRL expiry gauges to the files of `e` only (a file the
+    /// configuration no longer names loses its series), counted from now.
     pub fn set_expiries(&self, e: &crate::tls::Expiries) {
+        self.certificate_expiry.clear();
+        self.crl_next_update.clear();
         for (file, at) in &e.certificates {
             self.certificate_expiry
                 .get_or_create(&FileLabel { file: file.clone() })

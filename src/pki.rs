@@ -258,10 +258,25 @@ impl Ca {
         revoked: &[(Vec<u8>, OffsetDateTime)],
         number: u64,
     ) -> Result<String, PkiError> {
+        let next_update = OffsetDateTime::now_utc() + Duration::days(365);
+        self.crl_until(revoked, number, next_update)
+    }
+
+    /// A CRL like [`crl`](Ca::crl) whose nextUpdate is `next_update` (in the past, for tests
+    /// of stale revocation lists).
+    ///
+    /// # Errors
+    /// rcgen refused to sign.
+    pub fn crl_until(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(365),
+            this_update: (now - Duration::minutes(5)).min(next_update - Duration::days(1)),
+            next_update,
             crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: revoked

@@ -130,11 +130,14 @@ impl Gateway {
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, shared.clone(), admin_stop_rx));
         }
-        // Forget IPs and callers whose budgets have refilled, so the tables stay small.
+        // Forget IPs and callers whose budgets have refilled, so the tables stay small; and say
+        // when a CRL is about to go stale, or has.
         let pruner = {
             let shared = shared.clone();
             tokio::spawn(async move {
+                let mut crls = CrlWatch::default();
                 loop {
+                    crls.check(&shared.state.load());
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     shared.auth_guard.load().prune(std::time::Instant::now());
                     shared.state.load().ratelimits.prune();
@@ -521,6 +524,37 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, d
         })
         .inc();
     tracing::info!(peer = %remote, reason, error = %detail, "tls handshake failed");
+}
+
+/// How long before a CRL's nextUpdate a warning is logged.
+const CRL_WARNING: i64 = 24 * 3600;
+
+/// Logs, once per CRL and nextUpdate, that a CRL will go stale within a day, and that it has
+/// (with `crl_expired: reject` its clients are then refused and `/readyz` says so). A fresh
+/// CRL, with a later nextUpdate, starts over.
+#[derive(Default)]
+struct CrlWatch {
+    warned: std::collections::HashSet<(String, i64, bool)>,
+}
+
+impl CrlWatch {
+    fn check(&mut self, state: &crate::gateway::State) {
+        let reject = state.config.tls.crl_expired == crate::config::CrlExpired::Reject;
+        for (file, next) in &state.expiries.crls {
+            let left = crate::tls::seconds_until(*next);
+            let expired = left <= 0;
+            if left > CRL_WARNING || !self.warned.insert((file.clone(), *next, expired)) {
+                continue;
+            }
+            if expired && reject {
+                tracing::error!(crl = %file, "the CRL is past its nextUpdate: the client certificates it covers are refused (tls.crl_expired: reject) until a fresh CRL is written");
+            } else if expired {
+                tracing::warn!(crl = %file, "the CRL is past its nextUpdate and still used (tls.crl_expired: ignore)");
+            } else {
+                tracing::warn!(crl = %file, hours_left = left / 3600, "the CRL reaches its nextUpdate within a day; publish a fresh one");
+            }
+        }
+    }
 }
 
 /// Closes a connection whose handshake failed without a reset, so that the client reads the

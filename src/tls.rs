@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 
-use crate::config::{ClientAuth, Config, ConfigErrors, FileRef, Problems, TlsVersion};
+use crate::config::{ClientAuth, Config, ConfigErrors, CrlExpired, FileRef, Problems, TlsVersion};
 
 /// Seconds-until-expiry facts gathered while loading, for `check` and the metrics.
 #[derive(Clone, Debug, Default)]
@@ -180,6 +180,11 @@ pub fn server_config(config: &Config) -> Result<Listener, ConfigErrors> {
                         // Like nginx's ssl_crl: revocation is checked for the client's own
                         // certificate, against the CRL of the CA that issued it.
                         .only_check_end_entity_revocation();
+                if t.crl_expired == CrlExpired::Reject {
+                    // A CRL past its nextUpdate no longer says who is revoked: like OpenSSL
+                    // (nginx, HAProxy), refuse the certificates it covers.
+                    b = b.enforce_revocation_expiration();
+                }
                 if mode == ClientAuth::Optional {
                     b = b.allow_unauthenticated();
                 }
@@ -515,6 +520,8 @@ pub fn failure_reason(e: &io::Error) -> &'static str {
             CertificateError::UnknownIssuer => "unknown_ca",
             CertificateError::BadSignature => "bad_signature",
             CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "bad_purpose"
             }

@@ -121,6 +121,7 @@ pub struct RawTls {
     pub client_ca: Option<Sp<String>>,
     pub client_auth: Option<Sp<String>>,
     pub crl: Option<Sp<Vec<Sp<String>>>>,
+    pub crl_expired: Option<Sp<String>>,
     pub min_version: Option<Sp<String>>,
     pub cipher_suites: Option<Sp<Vec<Sp<String>>>>,
 }

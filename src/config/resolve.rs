@@ -15,9 +15,9 @@ use super::raw::{self, RawAllow, RawConfig, Sp};
 use super::units::{parse_duration, parse_rate, parse_size};
 use super::{
     AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
-    CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, Expectation,
-    FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec, LimitStore,
-    Limits, LogFormat, LoggingSettings, OnStoreError, PathParameters, Pos, Principal,
+    CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, CrlExpired,
+    Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
+    LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathParameters, Pos, Principal,
     PrincipalMatcher, Problems, RateLimitSettings, RouteMatch, RouteSettings, Secret, TestCase,
     TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
 };
@@ -1227,6 +1227,15 @@ impl Resolver {
                 .collect(),
             None => Vec::new(),
         };
+        let crl_expired = self.keyword(
+            raw.crl_expired.as_ref(),
+            "tls.crl_expired",
+            &[
+                ("reject", CrlExpired::Reject),
+                ("ignore", CrlExpired::Ignore),
+            ],
+            CrlExpired::Reject,
+        );
         let min_version = self.keyword(
             raw.min_version.as_ref(),
             "tls.min_version",
@@ -1240,6 +1249,7 @@ impl Resolver {
             client_ca,
             client_auth: client_auth?,
             crls,
+            crl_expired: crl_expired?,
             min_version: min_version?,
             cipher_suites: cipher_suites?,
         })

@@ -425,3 +425,94 @@ async fn no_request_fails_while_the_config_changes_breaks_and_the_certificate_ro
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn a_stale_crl_refuses_its_clients_and_readiness_until_a_fresh_one_arrives() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let config = pki.file("gateway.yaml");
+    let reject = yaml(&pki, up.addr, POLICY);
+    std::fs::write(&config, &reject).unwrap();
+    let (addr, shared, tasks) = watched_gateway(&config).await;
+    let c = crate::support::Client::new(addr, &pki.ca_pem, Some(&bob));
+    assert_eq!(c.get("/hello").await.unwrap().status, 200);
+    // What /readyz answers (503 with this text when not ready).
+    let readyz = || std::future::ready(portcullis::gateway::readiness(&shared));
+    assert_eq!(readyz().await, Ok(()));
+
+    // The CRL's nextUpdate passes (written stale here): its clients are refused.
+    let crl = pki.file("ca.crl");
+    let fresh = std::fs::read(&crl).unwrap();
+    let an_hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    std::fs::write(&crl, pki.ca.crl_until(&[], 2, an_hour_ago).unwrap()).unwrap();
+    let start = std::time::Instant::now();
+    while readyz().await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stale CRL was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let why = readyz().await.unwrap_err();
+    assert!(
+        why.starts_with("CRL past its nextUpdate, its clients are refused: ")
+            && why.ends_with("ca.crl"),
+        "{why}"
+    );
+    let e = c.get("/hello").await.expect_err("refused");
+    assert!(e.contains("received fatal alert"), "{e}");
+    let m = shared.metrics.encode();
+    assert!(
+        m.contains("portcullis_tls_handshake_failures_total{reason=\"crl_expired\"} 1"),
+        "{m}"
+    );
+    assert!(
+        (-3700..=-3500).contains(&crl_gauge(&shared)),
+        "{}",
+        crl_gauge(&shared)
+    );
+
+    // crl_expired: ignore keeps using it.
+    std::fs::write(
+        &config,
+        reject.replace(
+            "  crl: [ca.crl]\n",
+            "  crl: [ca.crl]\n  crl_expired: ignore\n",
+        ),
+    )
+    .unwrap();
+    until_status(&c, "/hello", 200).await;
+    assert_eq!(readyz().await, Ok(()));
+
+    // Back to reject, and a fresh CRL heals it without a restart.
+    std::fs::write(&config, &reject).unwrap();
+    let start = std::time::Instant::now();
+    while readyz().await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reject was not restored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&crl, &fresh).unwrap();
+    until_status(&c, "/hello", 200).await;
+    assert_eq!(readyz().await, Ok(()));
+    assert!(crl_gauge(&shared) > 300 * 86400, "{}", crl_gauge(&shared));
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// `portcullis_crl_next_update_seconds` as a scrape of /metrics sees it (which refreshes the
+/// seconds-until gauges first); exactly one CRL series must be there.
+fn crl_gauge(shared: &portcullis::gateway::Shared) -> i64 {
+    shared.metrics.set_expiries(&shared.state.load().expiries);
+    let text = shared.metrics.encode();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("portcullis_crl_next_update_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{text}");
+    series[0].rsplit(' ').next().unwrap().parse().unwrap()
+}

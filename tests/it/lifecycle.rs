@@ -335,6 +335,14 @@ async fn changes_on_disk_reload_without_a_signal_in_place_by_rename_and_by_symli
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     let took = until_status(&c, "/admin/x", 200).await;
     eprintln!("symlink swap applied after {took:?}");
+    // And the next swap, after Kubernetes removed the folder the first one left behind.
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    std::fs::create_dir(dir.join("..v3")).unwrap();
+    std::fs::write(dir.join("..v3/gateway.yaml"), &admin_only).unwrap();
+    std::os::unix::fs::symlink("..v3", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..v2")).unwrap();
+    until_status(&c, "/admin/x", 403).await;
     for t in tasks {
         t.abort();
     }

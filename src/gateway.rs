@@ -433,6 +433,15 @@ impl GatewayService {
                             .append(header::WWW_AUTHENTICATE, challenge.clone());
                     }
                 }
+                if log.method == http::Method::HEAD {
+                    // The headers a GET would get, and no body: hyper leaves a HEAD response's
+                    // body out over HTTP/1.1, but over HTTP/2 it would send it as DATA, which
+                    // clients reject as a protocol error.
+                    let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                    *resp.body_mut() = crate::proxy::full_body(bytes::Bytes::new());
+                }
                 resp
             }
         };

@@ -291,3 +291,26 @@ async fn a_client_that_sends_its_request_early_still_reads_why_it_was_refused() 
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_head_request_gets_headers_only_over_both_protocols() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    for c in [
+        Client::new(gw.addr, &pki.ca_pem, Some(&bob)),
+        Client::h2(gw.addr, &pki.ca_pem, Some(&bob)),
+    ] {
+        // HTTP/2 has no framing that hides a body: sending the JSON error to a HEAD request
+        // was a protocol error that clients reported instead of the 403.
+        let reply = c
+            .send(crate::support::client::request("HEAD", "/admin/x"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 403);
+        assert!(reply.body.is_empty(), "{:?}", reply.body);
+        assert_eq!(reply.headers["content-type"], "application/json");
+        assert!(reply.headers.contains_key("x-request-id"));
+    }
+}

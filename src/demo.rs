@@ -79,6 +79,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let gateway = crate::Gateway::bind(config).await?;
     let addr = gateway.local_addr();
+    // Edits to gateway.yaml during the tour apply as they would under `run`.
+    tokio::spawn(crate::reload::watch(
+        gateway.shared(),
+        config_path.to_path_buf(),
+    ));
     print_tour(&certs, addr)?;
     gateway.run(crate::server::shutdown_signal()).await;
     Ok(())

@@ -322,20 +322,7 @@ fn run_reloads_when_the_config_file_changes() {
         "{BASE}routes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: legacy\n    allow: authenticated\nlogging:\n  format: json\n"
     );
     std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run"])
-        .current_dir(dir.path())
-        .env_remove("PORTCULLIS_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let lines = read_until(&mut out, "portcullis is serving", Duration::from_secs(20));
-    assert!(
-        lines.iter().any(|l| l.contains("portcullis is serving")),
-        "{lines:?}"
-    );
+    let (mut child, mut out, _) = serve(dir.path());
     std::fs::write(
         dir.path().join("gateway.yaml"),
         yaml.replace("name: r\n", "name: renamed\n"),
@@ -403,6 +390,32 @@ fn diff_reports_who_gains_or_loses_access() {
     assert!(stderr(&o).contains("missing.yaml"), "{}", stderr(&o));
 }
 
+/// `portcullis run` in `dir` with stdout piped, once it says it is serving: the child, its
+/// stdout, and the lines read so far.
+fn serve(
+    dir: &Path,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    Vec<String>,
+) {
+    let mut child = Command::new(BIN)
+        .args(["run"])
+        .current_dir(dir)
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = read_until(&mut out, "portcullis is serving", Duration::from_secs(20));
+    assert!(
+        lines.iter().any(|l| l.contains("portcullis is serving")),
+        "{lines:?}"
+    );
+    (child, out, lines)
+}
+
 /// Reads child stdout lines until one contains `marker` or the deadline passes.
 fn read_until(reader: &mut impl BufRead, marker: &str, deadline: Duration) -> Vec<String> {
     let start = Instant::now();
@@ -449,16 +462,7 @@ fn run_logs_json_access_lines_without_secrets_and_exits_0_on_sigterm() {
          logging:\n  format: json\n"
     );
     std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run"])
-        .current_dir(dir.path())
-        .env_remove("PORTCULLIS_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let lines = read_until(&mut out, "portcullis is serving", Duration::from_secs(20));
+    let (mut child, out, lines) = serve(dir.path());
     let serving = lines
         .iter()
         .find(|l| l.contains("portcullis is serving"))

@@ -245,6 +245,15 @@ async fn watched_gateway(
     (addr, shared, vec![watch, serve])
 }
 
+/// Polls `cond` every 50 ms until it holds, for up to 5 s.
+async fn eventually(cond: impl Fn() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls until `get(path)` answers `want`, for up to 5 s; returns how long it took.
 async fn until_status(c: &crate::support::Client, path: &str, want: u16) -> Duration {
     let start = std::time::Instant::now();
@@ -306,14 +315,11 @@ async fn changes_on_disk_reload_without_a_signal_in_place_by_rename_and_by_symli
     eprintln!("rename applied after {took:?}");
     // A broken file keeps the last good configuration, is counted, and heals when fixed.
     std::fs::write(&plain, widened.replace("upstream: app", "upstream: nope")).unwrap();
-    let start = std::time::Instant::now();
-    while reloads(&shared, "error") == "none" {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the broken file was not tried"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        || reloads(&shared, "error") != "none",
+        "the broken file was not tried",
+    )
+    .await;
     assert_eq!(
         c.get("/admin/x").await.unwrap().status,
         403,
@@ -454,14 +460,11 @@ async fn a_stale_crl_refuses_its_clients_and_readiness_until_a_fresh_one_arrives
     let fresh = std::fs::read(&crl).unwrap();
     let an_hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     std::fs::write(&crl, pki.ca.crl_until(&[], 2, an_hour_ago).unwrap()).unwrap();
-    let start = std::time::Instant::now();
-    while readyz().await.is_ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the stale CRL was not loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        || portcullis::gateway::readiness(&shared).is_err(),
+        "the stale CRL was not loaded",
+    )
+    .await;
     let why = readyz().await.unwrap_err();
     assert!(
         why.starts_with("CRL past its nextUpdate, its clients are refused: ")
@@ -495,14 +498,11 @@ async fn a_stale_crl_refuses_its_clients_and_readiness_until_a_fresh_one_arrives
 
     // Back to reject, and a fresh CRL heals it without a restart.
     std::fs::write(&config, &reject).unwrap();
-    let start = std::time::Instant::now();
-    while readyz().await.is_ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "reject was not restored"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        || portcullis::gateway::readiness(&shared).is_err(),
+        "reject was not restored",
+    )
+    .await;
     std::fs::write(&crl, &fresh).unwrap();
     until_status(&c, "/hello", 200).await;
     assert_eq!(readyz().await, Ok(()));

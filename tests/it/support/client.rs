@@ -144,32 +144,32 @@ impl Client {
         let tls = self
             .connect()
             .await
-            .map_err(|e| format!("connect: {}", chain(&e)))?;
+            .map_err(|e| format!("connect: {}", portcullis::proxy::error_chain(&e)))?;
         let resp = if self.h2 {
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                     .await
-                    .map_err(|e| format!("h2 handshake: {}", chain(&e)))?;
+                    .map_err(|e| format!("h2 handshake: {}", portcullis::proxy::error_chain(&e)))?;
             tokio::spawn(conn);
             sender
                 .send_request(req)
                 .await
-                .map_err(|e| format!("send: {}", chain(&e)))?
+                .map_err(|e| format!("send: {}", portcullis::proxy::error_chain(&e)))?
         } else {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                 .await
-                .map_err(|e| format!("handshake: {}", chain(&e)))?;
+                .map_err(|e| format!("handshake: {}", portcullis::proxy::error_chain(&e)))?;
             tokio::spawn(conn);
             sender
                 .send_request(req)
                 .await
-                .map_err(|e| format!("send: {}", chain(&e)))?
+                .map_err(|e| format!("send: {}", portcullis::proxy::error_chain(&e)))?
         };
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| format!("body: {}", chain(&e)))?
+            .map_err(|e| format!("body: {}", portcullis::proxy::error_chain(&e)))?
             .to_bytes();
         Ok(Reply {
             status: parts.status,
@@ -248,17 +248,4 @@ pub fn basic(user: &str, pass: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     )
-}
-
-/// An error and its sources, `a: b: c`, so a test sees the TLS alert under hyper's
-/// "connection error".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }

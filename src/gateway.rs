@@ -1014,8 +1014,8 @@ fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
     }
 }
 
-/// Whether the gateway is ready to serve, or why not, for `/readyz`: draining, or (with `tls.crl_expired:
-/// reject`) a CRL past its nextUpdate, whose clients are being refused.
+/// Whether the gateway is ready to serve, or why not, for `/readyz`: draining, or (with
+/// `tls.crl_expired: reject`) a CRL past its nextUpdate, whose clients are being refused.
 pub fn readiness(shared: &Shared) -> Result<(), String> {
     if !shared.ready.load(Ordering::Relaxed) {
         return Err("draining".to_owned());

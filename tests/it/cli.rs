@@ -338,10 +338,24 @@ fn run_reloads_when_the_config_file_changes() {
         }
     });
     let lines = read_until(&mut out, "configuration reloaded", Duration::from_secs(10));
+    // SIGHUP still reloads at once.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let after_hup = read_until(&mut out, "configuration reloaded", Duration::from_secs(10));
     let _ = done.send(());
     let _ = guard.join();
     sigterm(child.id());
     let _ = child.wait();
+    assert!(
+        after_hup.iter().any(|l| l.contains("SIGHUP received"))
+            && after_hup
+                .iter()
+                .any(|l| l.contains("configuration reloaded")),
+        "{after_hup:#?}"
+    );
     assert!(
         lines.iter().any(|l| l.contains("configuration reloaded")),
         "no reload after the file changed: {lines:#?}"

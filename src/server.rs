@@ -275,11 +275,7 @@ async fn serve_connection(
         stop,
     };
     if h2 {
-        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(128)
-            .serve_connection(io, service);
+        let connection = http2_settings(&limits).serve_connection(io, service);
         watch.drive(Box::pin(connection)).await;
     } else {
         let connection = hyper::server::conn::http1::Builder::new()
@@ -294,6 +290,45 @@ async fn serve_connection(
             .with_upgrades();
         watch.drive(Box::pin(connection)).await;
     }
+}
+
+/// Every HTTP/2 setting the gateway serves with, each stated rather than left to hyper's and
+/// h2's defaults, with why it has its value. Together with `header_timeout` (a new connection's
+/// first request), `idle_timeout` and `send_timeout` (the watchdog), they bound what one
+/// connection can make the gateway hold or do.
+fn http2_settings(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        // Streams in flight per connection: each is a task and an upstream request; more are
+        // refused with REFUSED_STREAM. Matches nginx's http2_max_concurrent_streams.
+        .max_concurrent_streams(128)
+        // A header block (HEADERS plus any CONTINUATION frames, decoded) larger than this is
+        // refused as it arrives: a CONTINUATION flood is cut at the limit, not buffered.
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // HPACK's dynamic table, at the RFC 9113 default: the most a client can make the
+        // gateway remember across requests.
+        .header_table_size(4096)
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets before the gateway
+        // has taken them count here; past 20 the connection gets GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(20)
+        // Streams the gateway itself has to reset because the client misbehaved (bad headers,
+        // flow-control errors): past 1,024 on one connection, GOAWAY.
+        .max_local_error_reset_streams(1024)
+        // The frame size the gateway accepts, at the protocol minimum: a larger frame is a
+        // protocol error, so no single frame is larger than this to buffer.
+        .max_frame_size(16 * 1024)
+        // Receive windows: how much request body a client may send ahead of the upstream's
+        // reading, per stream and per connection. Fixed (no adaptive growth) so the bound holds.
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .adaptive_window(false)
+        // Response bytes buffered per stream for a client that reads slowly: past this the
+        // upstream is not read further (backpressure), and send_timeout ends a client that
+        // reads nothing at all.
+        .max_send_buf_size(400 * 1024)
+        // No protocol-level keep-alive pings: idle connections are closed by idle_timeout.
+        .keep_alive_interval(None);
+    b
 }
 
 /// A connection past its handshake, holding a connection slot.

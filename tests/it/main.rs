@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod deploy;
 mod faults;
+mod http2;
 mod lifecycle;
 mod limits;
 mod mtls;

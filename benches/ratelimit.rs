@@ -100,7 +100,13 @@ fn main() {
         Some(r) => {
             let url = format!("redis://127.0.0.1:{}/0", r.1);
             let store = std::sync::Arc::new(
-                RedisStore::new(&url, "bench:", Duration::from_millis(500)).unwrap(),
+                RedisStore::new(
+                    &url,
+                    "bench:",
+                    Duration::from_millis(500),
+                    &Default::default(),
+                )
+                .unwrap(),
             );
             c.bench_function("ratelimit/redis_decision", |b| {
                 b.iter(|| rt.block_on(store.check("api", &never, black_box("id:CN=reader-bob"))))
@@ -130,7 +136,13 @@ fn main() {
     if let Some(r) = &redis {
         let url = format!("redis://127.0.0.1:{}/0", r.1);
         let store = std::sync::Arc::new(
-            RedisStore::new(&url, "accuracy:", Duration::from_millis(500)).unwrap(),
+            RedisStore::new(
+                &url,
+                "accuracy:",
+                Duration::from_millis(500),
+                &Default::default(),
+            )
+            .unwrap(),
         );
         let (mut offered, mut allowed, mut errors) = (0u64, 0u64, 0u64);
         let start = Instant::now();
@@ -154,7 +166,13 @@ fn main() {
         let replicas: Vec<_> = (0..2)
             .map(|_| {
                 std::sync::Arc::new(
-                    RedisStore::new(&url, "leased:", Duration::from_millis(500)).unwrap(),
+                    RedisStore::new(
+                        &url,
+                        "leased:",
+                        Duration::from_millis(500),
+                        &Default::default(),
+                    )
+                    .unwrap(),
                 )
             })
             .collect();

@@ -103,7 +103,7 @@ fn stages(c: &mut Criterion) {
     let config = config();
     let forward = config.forward.clone();
     let api_key = config.api_keys.header.clone();
-    let limits = portcullis::ratelimit::RateLimits::new(&config);
+    let limits = portcullis::ratelimit::RateLimits::new(&config).expect("limits");
     let spec = config.routes[1].rate_limit.unwrap();
     let caller = Caller {
         identity: Some("O=bench,CN=bench-client".into()),

@@ -434,6 +434,20 @@ pub struct RateLimitSettings {
     pub max_keys: usize,
     /// Deadline for one Redis decision.
     pub store_timeout: Duration,
+    /// How a `rediss://` store is verified, and the client certificate shown to it.
+    pub redis_tls: RedisTls,
+}
+
+/// `rate_limits.redis_tls`, for a `rediss://` store. Without `ca`, the server's certificate
+/// is verified against the system's roots; `cert` and `key` go together.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    /// PEM bundle trusted to sign the Redis server's certificate.
+    pub ca: Option<FileRef>,
+    /// A client certificate (PEM) for Redis servers that ask for one (`tls-auth-clients`).
+    pub cert: Option<FileRef>,
+    /// Its private key (PEM).
+    pub key: Option<FileRef>,
 }
 
 /// `rate_limits.store`.

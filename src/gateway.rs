@@ -92,7 +92,7 @@ impl State {
             .map(|u| Upstream::new(u, config.limits.body_timeout))
             .collect();
         let auth = Arc::new(Authenticator::new(&config)?);
-        let ratelimits = RateLimits::new(&config);
+        let ratelimits = RateLimits::new(&config)?;
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         Ok(State {
             config,

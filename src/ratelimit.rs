@@ -197,14 +197,27 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Builds the limiters of a configuration. With a Redis store, no connection is made until
-    /// the first decision.
-    pub fn new(config: &Config) -> RateLimits {
+    /// the first decision (its TLS files, for `rediss://`, are read now).
+    ///
+    /// # Errors
+    /// A Redis TLS file that cannot be read or used.
+    pub fn new(config: &Config) -> Result<RateLimits, crate::config::ConfigErrors> {
         let rl = &config.rate_limits;
         let redis = match &rl.store {
             LimitStore::Local => None,
-            LimitStore::Redis(url) => RedisStore::new(url, &rl.key_prefix, rl.store_timeout)
-                .ok()
-                .map(Arc::new),
+            LimitStore::Redis(url) => {
+                match RedisStore::new(url, &rl.key_prefix, rl.store_timeout, &rl.redis_tls) {
+                    Ok(store) => Some(Arc::new(store)),
+                    Err(mut e) => {
+                        let file = config.path.display().to_string();
+                        e.file.clone_from(&file);
+                        return Err(crate::config::ConfigErrors {
+                            file,
+                            errors: vec![e],
+                        });
+                    }
+                }
+            }
         };
         let mut local = HashMap::new();
         if redis.is_none() {
@@ -217,11 +230,11 @@ impl RateLimits {
                 }
             }
         }
-        RateLimits {
+        Ok(RateLimits {
             local,
             redis,
             on_store_error: rl.on_store_error,
-        }
+        })
     }
 
     /// Keeps the limiters of routes whose limit did not change (reload).

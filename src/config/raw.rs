@@ -69,6 +69,15 @@ pub struct RawRateLimits {
     pub key_prefix: Option<Sp<String>>,
     pub max_keys: Option<Sp<u64>>,
     pub store_timeout: Option<Sp<String>>,
+    pub redis_tls: Option<Sp<RawRedisTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTls {
+    pub ca: Option<Sp<String>>,
+    pub cert: Option<Sp<String>>,
+    pub key: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

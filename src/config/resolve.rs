@@ -18,8 +18,8 @@ use super::{
     CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, CrlExpired,
     Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
     LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathParameters, Pos, Principal,
-    PrincipalMatcher, Problems, RateLimitSettings, RouteMatch, RouteSettings, Secret, TestCase,
-    TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
+    PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings, Secret,
+    TestCase, TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -649,12 +649,12 @@ impl Resolver {
                 let text = self.string(v, "rate_limits.store")?;
                 if text == "local" {
                     LimitStore::Local
-                } else if text.starts_with("redis://") {
+                } else if text.starts_with("redis://") || text.starts_with("rediss://") {
                     if redis::Client::open(text.as_str()).is_err() {
                         self.p.push(
                             pos(v),
                             "rate_limits.store",
-                            "not a valid redis:// URL (redis://host:6379/0)",
+                            "not a valid Redis URL (redis://host:6379/0, or rediss:// for TLS)",
                         );
                         return None;
                     }
@@ -663,7 +663,9 @@ impl Resolver {
                     self.p.push(
                         pos(v),
                         "rate_limits.store",
-                        format!("expected local or redis://host:port/db, got {text:?}"),
+                        format!(
+                            "expected local, redis://host:port/db or rediss://host:port/db, got {text:?}"
+                        ),
                     );
                     return None;
                 }
@@ -697,12 +699,59 @@ impl Resolver {
             "rate_limits.store_timeout",
             Duration::from_millis(100),
         )?;
+        let redis_tls = self.redis_tls(r.and_then(|r| r.redis_tls.as_ref()), &store)?;
         Some(RateLimitSettings {
             store,
             on_store_error,
             key_prefix,
             max_keys,
             store_timeout,
+            redis_tls,
+        })
+    }
+
+    /// `rate_limits.redis_tls`: only beside a `rediss://` store; `cert` and `key` together.
+    fn redis_tls(
+        &mut self,
+        raw: Option<&Sp<raw::RawRedisTls>>,
+        store: &LimitStore,
+    ) -> Option<RedisTls> {
+        let Some(t) = raw else {
+            return Some(RedisTls::default());
+        };
+        let key = "rate_limits.redis_tls";
+        if !matches!(store, LimitStore::Redis(url) if url.starts_with("rediss://")) {
+            self.p.push(
+                pos(t),
+                key,
+                "only for a rediss:// store (rate_limits.store: rediss://host:port/db)",
+            );
+            return None;
+        }
+        let v = &t.value;
+        let ca =
+            v.ca.as_ref()
+                .and_then(|f| self.file(f, &format!("{key}.ca")));
+        let cert = v
+            .cert
+            .as_ref()
+            .and_then(|f| self.file(f, &format!("{key}.cert")));
+        let client_key = v
+            .key
+            .as_ref()
+            .and_then(|f| self.file(f, &format!("{key}.key")));
+        if v.cert.is_some() != v.key.is_some() {
+            self.p.push(
+                pos(t),
+                key,
+                "cert and key go together: the client certificate and its private key",
+            );
+            return None;
+        }
+        Some(RedisTls {
+            ca,
+            cert,
+            key: client_key,
         })
     }
 

@@ -58,6 +58,61 @@ end
 return {granted, remaining, tat - now, retry}
 "#;
 
+/// The Redis client for `url`, with the TLS material of a `rediss://` URL read now, so a
+/// missing or unreadable file is a configuration error rather than a failing store.
+fn client(
+    url: &str,
+    tls: &crate::config::RedisTls,
+) -> Result<redis::Client, crate::config::ConfigError> {
+    use crate::config::{ConfigError, FileRef};
+    let problem = |f: Option<&FileRef>, key: &str, message: String| ConfigError {
+        file: String::new(),
+        pos: f.map(|f| f.pos).unwrap_or_default(),
+        key: f.map_or_else(|| key.to_owned(), |f| f.key.clone()),
+        message,
+    };
+    let read = |f: &FileRef| {
+        std::fs::read(&f.path).map_err(|e| {
+            problem(
+                Some(f),
+                "",
+                format!(
+                    "{}: {}",
+                    f.path.display(),
+                    crate::config::read_error(&f.path, &e)
+                ),
+            )
+        })
+    };
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url)
+            .map_err(|e| problem(None, "rate_limits.store", e.to_string()));
+    }
+    let root_cert = tls.ca.as_ref().map(read).transpose()?;
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| {
+        let at = tls.ca.as_ref().or(tls.cert.as_ref());
+        problem(
+            at,
+            "rate_limits.redis_tls",
+            format!("cannot use the Redis TLS files: {e}"),
+        )
+    })
+}
+
 /// Requests decided by one script call at most; more wait for the next call.
 const MAX_BATCH: usize = 256;
 
@@ -198,11 +253,18 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 impl RedisStore {
     /// A store for `url`; connects lazily on the first decision and reconnects by itself.
+    /// A `rediss://` URL speaks TLS (rustls, with the process's crypto provider), verifying
+    /// the server against `tls.ca` or the system roots, and showing `tls.cert` when given.
     ///
     /// # Errors
-    /// An invalid URL.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<RedisStore> {
-        let client = redis::Client::open(url)?;
+    /// An invalid URL, or a TLS file that cannot be read or used, at the key that named it.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        tls: &crate::config::RedisTls,
+    ) -> Result<RedisStore, crate::config::ConfigError> {
+        let client = client(url, tls)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(timeout))

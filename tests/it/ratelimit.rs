@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use crate::support::gateway::yaml;
 use crate::support::redis::RedisServer;
 use crate::support::{FakeUpstream, TestGateway, TestPki};
+use portcullis::pki::Ca;
 
 const PRINCIPALS: &str = r#"
 principals:
@@ -444,4 +445,81 @@ async fn redis_outages_follow_on_store_error_and_recover() {
         2,
         "the burst, then 429: {statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn replicas_share_one_limit_through_redis_over_tls_with_client_certificates() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    // The gateways' certificate for Redis, from the same CA Redis trusts.
+    let gw = pki.client("gateway-redis");
+    std::fs::write(pki.file("redis-client.crt"), &gw.cert_pem).unwrap();
+    std::fs::write(pki.file("redis-client.key"), &gw.key_pem).unwrap();
+    let redis = RedisServer::start_tls(pki.path(), true);
+    assert!(redis.url().starts_with("rediss://"));
+    let up = FakeUpstream::start().await;
+    let limit = "{ key: identity, rate: 1/min, burst: 5 }";
+    let over_tls = |tls: &str| {
+        format!(
+            "{}rate_limits:\n  store: {}\n  on_store_error: deny\n  redis_tls: {tls}\n",
+            routes(limit),
+            redis.url()
+        )
+    };
+    let good = over_tls("{ ca: ca.crt, cert: redis-client.crt, key: redis-client.key }");
+    let a = TestGateway::start(&pki, &yaml(&pki, up.addr, &good)).await;
+    let b = TestGateway::start(&pki, &yaml(&pki, up.addr, &good)).await;
+    let (allowed, _) = blast(&[&a, &b], &bob, 20).await;
+    assert_eq!(
+        allowed, 5,
+        "one budget of 5 across both replicas, kept in Redis over TLS"
+    );
+
+    // Without the client certificate Redis hangs up: the store is unavailable (deny: 503).
+    let anonymous =
+        TestGateway::start(&pki, &yaml(&pki, up.addr, &over_tls("{ ca: ca.crt }"))).await;
+    let r = anonymous.client(Some(&bob)).get("/x").await.unwrap();
+    assert_eq!(r.status, 503, "no client certificate, no decision");
+    // A server certificate the configured CA did not sign is refused as well.
+    let other = Ca::generate("another CA").unwrap();
+    std::fs::write(pki.file("other-ca.crt"), other.cert_pem()).unwrap();
+    let wrong_ca = over_tls("{ ca: other-ca.crt, cert: redis-client.crt, key: redis-client.key }");
+    let c = TestGateway::start(&pki, &yaml(&pki, up.addr, &wrong_ca)).await;
+    assert_eq!(
+        c.client(Some(&bob)).get("/x").await.unwrap().status,
+        503,
+        "an unverified Redis is not used"
+    );
+    // A TLS file that cannot be read is a configuration error at its key, not a dead store.
+    let missing = pki.file("missing.yaml");
+    std::fs::write(&missing, yaml(&pki, up.addr, &over_tls("{ ca: nope.crt }"))).unwrap();
+    let err = portcullis::gateway::State::build(portcullis::config::load(&missing).unwrap())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("rate_limits.redis_tls.ca: ") && err.contains("nope.crt: No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn redis_tls_settings_are_checked_where_they_are_written() {
+    let check = |rest: &str| {
+        let text = format!(
+            "tls:\n  cert: s.crt\n  key: s.key\n  client_ca: ca.crt\nupstreams:\n  app: {{ url: \"http://127.0.0.1:9\" }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: app, allow: anyone }}\nrate_limits:\n{rest}"
+        );
+        portcullis::config::from_str(&text, std::path::Path::new("g.yaml"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert!(check("  store: rediss://127.0.0.1:6380/0\n  redis_tls: { ca: ca.crt }\n").is_ok());
+    let e = check("  store: redis://127.0.0.1:6379/0\n  redis_tls: { ca: ca.crt }\n").unwrap_err();
+    assert!(
+        e.contains("rate_limits.redis_tls: only for a rediss:// store"),
+        "{e}"
+    );
+    let e =
+        check("  store: rediss://127.0.0.1:6380/0\n  redis_tls: { cert: c.crt }\n").unwrap_err();
+    assert!(e.contains("cert and key go together"), "{e}");
 }

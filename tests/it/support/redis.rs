@@ -8,6 +8,9 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// With TLS only: the folder holding server.crt, server.key and ca.crt (a TestPki's), and
+    /// whether clients must show a certificate signed by that CA.
+    tls: Option<(std::path::PathBuf, bool)>,
 }
 
 impl RedisServer {
@@ -23,18 +26,58 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            tls: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Starts redis-server speaking only TLS, with the certificates in `pki_dir`; with
+    /// `client_certs`, it refuses clients without a certificate from that CA.
+    pub fn start_tls(pki_dir: &std::path::Path, client_certs: bool) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            tls: Some((pki_dir.to_path_buf(), client_certs)),
         };
         r.spawn();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((pki, client_certs)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(pki.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(pki.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.join("ca.crt"))
+                .args([
+                    "--tls-auth-clients",
+                    if *client_certs { "yes" } else { "no" },
+                ]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -57,6 +100,10 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls.is_some() {
+            // Listening is enough: the TLS port answers nothing in plain text.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;

@@ -231,3 +231,46 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{match_form, normalize_path};
+
+    /// Paths built from the pieces that matter to normalization: separators, dots, escapes
+    /// (of dots and slashes, upper and lower case), `;` parameters and plain segments.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5C".to_owned()),
+            Just("%25".to_owned()),
+            Just("%41".to_owned()),
+            Just(";".to_owned()),
+            Just("\\".to_owned()),
+            "[a-z]{1,3}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    proptest! {
+        #[test]
+        fn normalizing_is_idempotent_and_leaves_no_dot_segment(raw in tricky_path()) {
+            if let Ok(path) = normalize_path(&raw) {
+                prop_assert_eq!(normalize_path(&path), Ok(path.clone()));
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!path.contains("//") && !path.contains('\\'));
+                let lower = path.to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%5c"));
+                for segment in match_form(&path).split('/') {
+                    prop_assert!(segment != "." && segment != "..", "{} -> {}", raw, path);
+                }
+            }
+        }
+    }
+}

@@ -345,3 +345,37 @@ mod tests {
         assert_eq!(render("a\tb"), "a%09b");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::header_value;
+
+    fn percent_decode(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// One percent-decoding gives the text back, so two identities never share a header
+        /// value, whatever a certificate or token puts in them.
+        #[test]
+        fn identity_header_values_decode_to_their_text(text in any::<String>()) {
+            let v = header_value(&text);
+            prop_assert_eq!(percent_decode(v.as_bytes()), text.as_bytes());
+            prop_assert!(v.as_bytes().iter().all(|c| (0x20..0x7f).contains(c)));
+        }
+    }
+}

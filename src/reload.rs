@@ -160,7 +160,12 @@ pub fn watched_files(path: &Path, config: Option<&crate::config::Config>) -> Vec
         files.extend(t.client_ca.iter().map(|f| f.path.clone()));
         files.extend(t.crls.iter().map(|f| f.path.clone()));
         let r = &c.rate_limits.redis_tls;
-        files.extend([&r.ca, &r.cert, &r.key].into_iter().flatten().map(|f| f.path.clone()));
+        files.extend(
+            [&r.ca, &r.cert, &r.key]
+                .into_iter()
+                .flatten()
+                .map(|f| f.path.clone()),
+        );
         if let Some(jwt) = &c.jwt {
             if let Some(crate::config::JwksSource::File(f)) = &jwt.jwks {
                 files.push(f.path.clone());

@@ -896,7 +896,9 @@ fn check_accepts_a_redis_store_without_reaching_it_and_rejects_bad_limits() {
         "{err}"
     );
     assert!(
-        err.contains("rate_limits.store: expected local or redis://host:port/db"),
+        err.contains(
+            "rate_limits.store: expected local, redis://host:port/db or rediss://host:port/db"
+        ),
         "{err}"
     );
 }

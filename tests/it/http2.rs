@@ -1,5 +1,6 @@
 //! HTTP/2 abuse, frame by frame: rapid reset, more streams than allowed, a CONTINUATION flood,
-//! a header block that never ends. Each is cut off, and other clients are still served.
+//! a header block that never ends, SETTINGS and PING floods. Each is cut off, and other clients
+//! are still served.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
@@ -227,4 +229,54 @@ async fn a_header_block_that_never_ends_is_closed_by_header_timeout() {
     );
     assert!(up.requests().is_empty());
     still_serves(&gw, &pki, &bob).await;
+}
+
+/// SETTINGS and PING each oblige the gateway to answer (an ACK). A client that floods them and
+/// reads nothing must not make the gateway queue answers: h2 writes each answer before it reads
+/// the next frame, so once the client's receive buffer is full the gateway stops reading, the
+/// client's writes stall, and send_timeout ends the connection.
+#[tokio::test]
+async fn settings_and_ping_floods_that_are_never_read_stall_and_are_cut_off() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let policy = format!("{POLICY}\nlimits:\n  send_timeout: 1s\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &policy)).await;
+    let floods = [
+        ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
+        ("PING", frame(PING, 0, 0, b"12345678")),
+    ];
+    for (round, (name, one)) in floods.into_iter().enumerate() {
+        let mut tls = open(&gw, &pki, &bob).await;
+        // 64 KiB writes, up to 256 MiB in all: far more than any socket buffers hold.
+        let chunk: Vec<u8> = one.repeat(64 * 1024 / one.len());
+        let mut written = 0usize;
+        let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+            while written < 256 * 1024 * 1024 {
+                tls.write_all(&chunk).await?;
+                written += chunk.len();
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "{name} flood: the gateway should stop reading and then close; it took {written} \
+             bytes and the write ended with {outcome:?}"
+        );
+        assert!(
+            written < 64 * 1024 * 1024,
+            "{name} flood: the gateway kept reading ({written} bytes) for a client that reads nothing"
+        );
+        assert!(
+            crate::support::metric(
+                &gw,
+                "portcullis_connections_closed_total{reason=\"send_timeout\"}"
+            )
+            .await
+                >= (round + 1) as f64,
+            "{name} flood: closed by send_timeout"
+        );
+        still_serves(&gw, &pki, &bob).await;
+    }
 }

@@ -479,6 +479,8 @@ pub struct RouteMatch {
     pub host: Option<Glob>,
     /// The method must be one of these; `None` means any.
     pub methods: Option<Vec<Method>>,
+    /// `exact`/`prefix` compare without ASCII case (`limits.path_case: insensitive`).
+    pub case_insensitive: bool,
 }
 
 /// `routes[].allow`.
@@ -604,6 +606,16 @@ pub enum PathParameters {
     Reject,
 }
 
+/// `limits.path_case`: how route paths compare with request paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathCase {
+    /// Byte for byte, as nginx locations and Envoy routes do by default.
+    Sensitive,
+    /// ASCII letters compare without case, for upstreams that resolve `/ADMIN` as `/admin`
+    /// (IIS, ASP.NET, case-insensitive file systems): otherwise such a path slips past a rule.
+    Insensitive,
+}
+
 /// `forward.headers.client_cert_format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertFormat {
@@ -638,6 +650,8 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// How `;` parameters in path segments are treated.
     pub path_parameters: PathParameters,
+    /// Whether route paths match without regard to ASCII case.
+    pub path_case: PathCase,
     /// How long a drain waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -779,15 +793,24 @@ impl Glob {
 impl RouteMatch {
     /// Whether a normalized path matches `exact`/`prefix` (both absent: every path).
     pub fn matches_path(&self, path: &str) -> bool {
+        let same = |a: &[u8], b: &[u8]| {
+            if self.case_insensitive {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let path = path.as_bytes();
         if let Some(exact) = &self.exact {
-            return path == exact;
+            return same(path, exact.as_bytes());
         }
         match &self.prefix {
             None => true,
             Some(p) if p == "/" => true,
             Some(p) => {
-                path.starts_with(p.as_str())
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+                path.get(..p.len())
+                    .is_some_and(|head| same(head, p.as_bytes()))
+                    && matches!(path.get(p.len()), None | Some(b'/'))
             }
         }
     }

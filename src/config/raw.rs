@@ -282,6 +282,7 @@ pub struct RawLimits {
     pub max_connections: Option<Sp<u64>>,
     pub max_handshakes: Option<Sp<u64>>,
     pub path_parameters: Option<Sp<String>>,
+    pub path_case: Option<Sp<String>>,
     pub shutdown_timeout: Option<Sp<String>>,
 }
 

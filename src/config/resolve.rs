@@ -17,9 +17,9 @@ use super::{
     AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
     CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, CrlExpired,
     Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
-    LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathParameters, Pos, Principal,
-    PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings, Secret,
-    TestCase, TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
+    LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathCase, PathParameters, Pos,
+    Principal, PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings,
+    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -366,6 +366,15 @@ impl Resolver {
             default_limit,
         );
         let limits = self.limits(raw.limits.as_ref());
+        let mut routes = routes;
+        if limits
+            .as_ref()
+            .is_some_and(|l| l.path_case == PathCase::Insensitive)
+        {
+            for r in &mut routes {
+                r.matcher.case_insensitive = true;
+            }
+        }
         let logging = self.logging(raw.logging.as_ref());
         let api_keys = ApiKeySettings {
             header: api_key_header?,
@@ -1896,6 +1905,8 @@ impl Resolver {
             prefix,
             host,
             methods,
+            // Set from limits.path_case once limits are resolved.
+            case_insensitive: false,
         })
     }
 
@@ -2245,6 +2256,15 @@ impl Resolver {
             Some(v) => self.duration(Some(v), "limits.websocket_idle_timeout", Duration::ZERO),
             None => idle_timeout,
         };
+        let path_case = self.keyword(
+            l.and_then(|l| l.path_case.as_ref()),
+            "limits.path_case",
+            &[
+                ("sensitive", PathCase::Sensitive),
+                ("insensitive", PathCase::Insensitive),
+            ],
+            PathCase::Sensitive,
+        );
         let path_parameters = self.keyword(
             l.and_then(|l| l.path_parameters.as_ref()),
             "limits.path_parameters",
@@ -2310,6 +2330,7 @@ impl Resolver {
             max_connections: max_connections?,
             max_handshakes: max_handshakes?,
             path_parameters: path_parameters?,
+            path_case: path_case?,
             shutdown_timeout: shutdown_timeout?,
         })
     }

@@ -606,6 +606,40 @@ async fn path_parameters_cannot_slip_past_prefix_rules() {
     assert_eq!(r.json()["error"], "semicolon in path");
 }
 
+/// Routes compare paths byte for byte by default, as nginx and Envoy do; an upstream that
+/// resolves `/ADMIN` as `/admin` needs `limits.path_case: insensitive`, and then every case of
+/// a protected path meets its rule.
+#[tokio::test]
+async fn path_case_insensitive_keeps_every_spelling_of_a_path_under_its_rule() {
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, POLICY)).await;
+    let r = gw.client(Some(&bob)).get("/ADMIN/users").await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "case-sensitive by default: the reader route decides"
+    );
+    drop(gw);
+
+    let folded = format!("{POLICY}\nlimits:\n  path_case: insensitive\n");
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &folded)).await;
+    let c = gw.client(Some(&bob));
+    let before = up.requests().len();
+    for path in ["/ADMIN/users", "/Admin/users", "/%41dmin/users", "/aDmIn"] {
+        let r = c.get(path).await.unwrap();
+        assert_eq!(r.status, 403, "{path} meets the admin rule");
+    }
+    assert_eq!(up.requests().len(), before, "nothing reached the upstream");
+    let r = c.get("/HEALTH").await.unwrap();
+    assert_eq!(r.status, 200, "exact routes fold case too");
+    assert_eq!(
+        up.last().uri,
+        "/HEALTH",
+        "the upstream gets the path as sent"
+    );
+}
+
 // 10. Different callers, same identity.
 
 #[tokio::test]

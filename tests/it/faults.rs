@@ -237,6 +237,7 @@ async fn a_stalled_or_broken_upstream_body_is_aborted_counted_and_logged() {
     let bob = pki.client("reader-bob");
     // /stall: a head promising 100000 bytes, 1000 of them, then silence.
     // /break: the same, then the connection closes.
+    // /reset: the same, then the connection is reset (RST, not FIN).
     let up = RogueUpstream::start(|mut s, _| async move {
         let Some(req) = read_request(&mut s).await else {
             return;
@@ -248,11 +249,18 @@ async fn a_stalled_or_broken_upstream_body_is_aborted_counted_and_logged() {
         if req.contains("/stall") {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
+        if req.contains("/reset") {
+            let _ = s.set_zero_linger();
+        }
     })
     .await;
     let gw = gateway(&pki, up.addr, "    read_timeout: 1s\n", "").await;
     let c = gw.client(Some(&bob));
-    for (path, kind) in [("/stall", "read_timeout"), ("/break", "body")] {
+    for (path, kind, count) in [
+        ("/stall", "read_timeout", 1.0),
+        ("/break", "body", 1.0),
+        ("/reset", "body", 2.0),
+    ] {
         let mut tls = c.connect().await.unwrap();
         tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
@@ -275,7 +283,7 @@ async fn a_stalled_or_broken_upstream_body_is_aborted_counted_and_logged() {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         let label = format!("portcullis_upstream_errors_total{{upstream=\"app\",kind=\"{kind}\"}}");
-        assert_eq!(metric(&gw, &label).await, 1.0, "{path}");
+        assert_eq!(metric(&gw, &label).await, count, "{path}");
     }
     assert_eq!(
         metric(
@@ -283,7 +291,7 @@ async fn a_stalled_or_broken_upstream_body_is_aborted_counted_and_logged() {
             "portcullis_requests_total{route=\"reader\",status=\"502\"}"
         )
         .await,
-        2.0,
+        3.0,
         "a response cut short by the upstream is not logged as 200"
     );
 

@@ -523,3 +523,84 @@ fn redis_tls_settings_are_checked_where_they_are_written() {
         check("  store: rediss://127.0.0.1:6380/0\n  redis_tls: { cert: c.crt }\n").unwrap_err();
     assert!(e.contains("cert and key go together"), "{e}");
 }
+
+/// Chaos: Redis is killed while four clients keep sending, then comes back. Every request gets
+/// its documented answer (200, or 503 under `on_store_error: deny`) within a bounded time,
+/// nothing hangs, and once Redis is back requests are decided in it again.
+#[tokio::test]
+async fn redis_killed_under_load_gives_every_request_its_documented_answer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+    let mut redis = RedisServer::start();
+    let mut pki = TestPki::new();
+    let bob = pki.client("reader-bob");
+    let up = FakeUpstream::start().await;
+    let cfg = format!(
+        "{}rate_limits:\n  store: {}\n  on_store_error: deny\n  store_timeout: 200ms\n",
+        routes("{ key: identity, rate: 100000/s, burst: 100000 }"),
+        redis.url()
+    );
+    let gw = TestGateway::start(&pki, &yaml(&pki, up.addr, &cfg)).await;
+    // 0: Redis up, 1: killed, 2: back.
+    let phase = Arc::new(AtomicU8::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let c = gw.client(Some(&bob));
+        let (phase, done) = (phase.clone(), done.clone());
+        load.spawn(async move {
+            // (phase when sent, status, error, decided in Redis, how long it took)
+            let mut seen = Vec::new();
+            for _ in 0..5_000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let at = phase.load(Ordering::SeqCst);
+                let started = Instant::now();
+                let r = c.get("/x").await.expect("every request gets an answer");
+                let error = (r.status != 200).then(|| r.json()["error"].to_string());
+                let decided = r.headers.contains_key("ratelimit-remaining");
+                seen.push((at, r.status.as_u16(), error, decided, started.elapsed()));
+            }
+            seen
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    phase.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    phase.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    done.store(true, Ordering::SeqCst);
+    let seen: Vec<_> = load.join_all().await.into_iter().flatten().collect();
+
+    for (at, status, error, _, took) in &seen {
+        assert!(
+            *status == 200
+                || (*status == 503 && error.as_deref() == Some("\"rate limit store unavailable\"")),
+            "phase {at}: {status} {error:?}"
+        );
+        assert!(
+            *took < Duration::from_secs(2),
+            "phase {at}: a request took {took:?}"
+        );
+    }
+    let count = |f: &dyn Fn(&(u8, u16, Option<String>, bool, Duration)) -> bool| {
+        seen.iter().filter(|s| f(s)).count()
+    };
+    assert!(
+        count(&|s| s.0 == 0 && s.1 == 200 && s.3) > 0,
+        "decided in Redis while it ran"
+    );
+    assert!(
+        count(&|s| s.0 == 1 && s.1 == 503) > 0,
+        "503 while Redis was down"
+    );
+    assert!(
+        count(&|s| s.0 == 2 && s.1 == 200 && s.3) > 0,
+        "decided in Redis again once it was back: {} requests after the restart",
+        count(&|s| s.0 == 2)
+    );
+}

@@ -587,9 +587,8 @@ async fn redis_killed_under_load_gives_every_request_its_documented_answer() {
             "phase {at}: a request took {took:?}"
         );
     }
-    let count = |f: &dyn Fn(&(u8, u16, Option<String>, bool, Duration)) -> bool| {
-        seen.iter().filter(|s| f(s)).count()
-    };
+    type Seen = (u8, u16, Option<String>, bool, Duration);
+    let count = |f: &dyn Fn(&Seen) -> bool| seen.iter().filter(|s| f(s)).count();
     assert!(
         count(&|s| s.0 == 0 && s.1 == 200 && s.3) > 0,
         "decided in Redis while it ran"

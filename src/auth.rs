@@ -10,6 +10,7 @@
 
 pub mod guard;
 pub mod jwt;
+pub mod totp;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use http::{HeaderMap, HeaderName, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, ConfigErrors, PrincipalMatcher};
+use crate::config::{Config, ConfigErrors, PrincipalMatcher, TotpSource};
 use crate::identity::PeerCert;
 
 /// The credentials a request presents (not yet verified).
@@ -30,12 +31,39 @@ pub struct Presented {
     pub bearer: Option<String>,
     /// `Authorization: Basic base64(user:password)`.
     pub basic: Option<(String, String)>,
+    /// The one-time code header's value (`totp.header`), when a principal has a secret.
+    pub otp: Option<String>,
 }
 
 impl Presented {
     /// Whether anything besides the certificate was presented.
     pub fn any(&self) -> bool {
-        self.api_key.is_some() || self.bearer.is_some() || self.basic.is_some()
+        self.api_key.is_some()
+            || self.bearer.is_some()
+            || self.basic.is_some()
+            || self.otp.is_some()
+    }
+
+    /// Reads the one-time code from `header`.
+    ///
+    /// # Errors
+    /// More than one code header, or one that is not visible ASCII.
+    pub fn read_otp(
+        &mut self,
+        headers: &HeaderMap,
+        header: &HeaderName,
+    ) -> Result<(), AuthFailure> {
+        let mut all = headers.get_all(header).iter();
+        if let Some(v) = all.next() {
+            if all.next().is_some() {
+                return Err(AuthFailure::Malformed("more than one one-time code header"));
+            }
+            let code = v
+                .to_str()
+                .map_err(|_| AuthFailure::Malformed("one-time code is not visible ASCII"))?;
+            self.otp = Some(code.trim().to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -54,6 +82,12 @@ pub enum AuthFailure {
     BadPassword,
     /// Basic or bearer credentials are presented but not configured.
     NotConfigured(&'static str),
+    /// A one-time code, but no principal the request identified has a TOTP secret.
+    NoTotpPrincipal,
+    /// A one-time code that is not the current one of the identified principal.
+    BadCode,
+    /// The current code, but one already accepted for this principal (a replay).
+    ReplayedCode,
 }
 
 impl std::fmt::Display for AuthFailure {
@@ -65,6 +99,11 @@ impl std::fmt::Display for AuthFailure {
             AuthFailure::BadToken(why) => write!(f, "invalid bearer token: {why}"),
             AuthFailure::BadPassword => f.write_str("unknown user or wrong password"),
             AuthFailure::NotConfigured(what) => write!(f, "{what} credentials are not configured"),
+            AuthFailure::NoTotpPrincipal => {
+                f.write_str("one-time code, but no identified principal has a TOTP secret")
+            }
+            AuthFailure::BadCode => f.write_str("wrong one-time code"),
+            AuthFailure::ReplayedCode => f.write_str("one-time code already used"),
         }
     }
 }
@@ -140,6 +179,9 @@ pub struct Authenticator {
     /// dummy hash with these, so a wrong user costs as much as a wrong password.
     dummy_params: argon2::Params,
     jwt: Option<jwt::JwtVerifier>,
+    /// TOTP generators by principal name, and where codes arrive.
+    totp: std::collections::HashMap<String, totp::Totp>,
+    totp_header: Option<HeaderName>,
     argon2_slots: Arc<tokio::sync::Semaphore>,
     client_slots: ClientSlots,
     challenges: Vec<http::HeaderValue>,
@@ -186,6 +228,29 @@ impl Authenticator {
             Some(j) => Some(jwt::JwtVerifier::new(j, &config.path)?),
             None => None,
         };
+        let mut totps = std::collections::HashMap::new();
+        let mut problems = crate::config::Problems::new(config.path.display().to_string());
+        for p in &config.principals {
+            let secret = match &p.totp {
+                None => continue,
+                Some(TotpSource::Inline(s)) => s.0.clone(),
+                Some(TotpSource::File(f)) => match std::fs::read_to_string(&f.path) {
+                    Ok(text) => match totp::parse_secret(&text) {
+                        Ok(s) => s,
+                        Err(m) => {
+                            problems.push(f.pos, &f.key, format!("{}: {m}", f.path.display()));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        problems.push(f.pos, &f.key, crate::config::read_error(&f.path, &e));
+                        continue;
+                    }
+                },
+            };
+            totps.insert(p.name.clone(), totp::Totp::new(&secret, &config.totp));
+        }
+        problems.into_result(())?;
         let mut challenges = Vec::new();
         if jwt.is_some() {
             challenges.push(http::HeaderValue::from_static(
@@ -210,6 +275,8 @@ impl Authenticator {
                 .unwrap_or_default(),
             basic,
             jwt,
+            totp_header: (!totps.is_empty()).then(|| config.totp.header.clone()),
+            totp: totps,
             argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
             client_slots: ClientSlots::default(),
             challenges,
@@ -232,6 +299,38 @@ impl Authenticator {
         if let (Some(new), Some(old)) = (self.jwt.as_mut(), old.jwt.as_ref()) {
             new.carry_over(old);
         }
+    }
+
+    /// The header one-time codes arrive in, when any principal has a TOTP secret.
+    pub fn totp_header(&self) -> Option<&HeaderName> {
+        self.totp_header.as_ref()
+    }
+
+    /// Checks a one-time code against the secrets of the principals a request identified.
+    /// Returns the principal whose code it is and the code's step (for the replay check).
+    ///
+    /// # Errors
+    /// No identified principal has a secret, or the code is none of theirs within the skew.
+    pub fn verify_totp<'p>(
+        &self,
+        principals: &'p [String],
+        code: &str,
+        now: u64,
+    ) -> Result<(&'p str, u64), AuthFailure> {
+        let mut any = false;
+        for name in principals {
+            if let Some(t) = self.totp.get(name) {
+                any = true;
+                if let Some(step) = t.check(code, now) {
+                    return Ok((name, step));
+                }
+            }
+        }
+        Err(if any {
+            AuthFailure::BadCode
+        } else {
+            AuthFailure::NoTotpPrincipal
+        })
     }
 
     /// Whether any Basic users are configured.

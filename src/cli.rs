@@ -48,6 +48,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Read a password on stdin and print its argon2id hash for a `basic` principal.
     Passwd,
+    /// One-time codes (RFC 6238).
+    #[command(subcommand)]
+    Totp(TotpCommand),
     /// Who gains or loses access to each route between two configurations; exit 0 when
     /// nobody does, 3 when someone does, 1 on an error.
     Diff {
@@ -122,6 +125,22 @@ pub enum KeysCommand {
         /// The principal's name.
         #[arg(long)]
         id: String,
+    },
+}
+
+/// `portcullis totp ...`.
+#[derive(Debug, Subcommand)]
+pub enum TotpCommand {
+    /// Print a fresh base32 TOTP secret once (first line, alone), its otpauth:// URI, a QR
+    /// code of it for the terminal, and the principals entry to paste. Compatible with pyotp
+    /// and authenticator apps (SHA-1, 6 digits, 30 s).
+    New {
+        /// The principal's name (the account shown in the authenticator app).
+        #[arg(long)]
+        id: String,
+        /// The issuer shown in the authenticator app.
+        #[arg(long, default_value = "portcullis")]
+        issuer: String,
     },
 }
 

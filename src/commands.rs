@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{CertsCommand, Command, KeysCommand};
+use crate::cli::{CertsCommand, Command, KeysCommand, TotpCommand};
 use crate::config::{self, Allow, Config};
 use crate::gateway::State;
 use crate::pki;
@@ -73,6 +73,13 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Passwd => passwd(),
+        Command::Totp(TotpCommand::New { id, issuer }) => {
+            print!(
+                "{}",
+                crate::auth::totp::enrollment_text(&id, &issuer).map_err(anyhow::Error::msg)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(cmd) => certs(cmd),
     }
 }

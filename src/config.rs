@@ -41,6 +41,8 @@ pub struct Config {
     pub jwt: Option<JwtSettings>,
     /// HTTP Basic credentials.
     pub basic: BasicSettings,
+    /// One-time codes (RFC 6238) for principals with a `totp:` secret.
+    pub totp: TotpSettings,
     /// The brute-force guard on failed authentications.
     pub auth_failures: AuthFailureLimit,
     /// Where rate-limit state lives and what happens when it cannot be reached.
@@ -172,6 +174,31 @@ pub struct Principal {
     pub matcher: PrincipalMatcher,
     /// Roles granted to callers matching this principal.
     pub roles: Vec<String>,
+    /// The principal's one-time-code secret, when it has one (the `totp` factor).
+    pub totp: Option<TotpSource>,
+}
+
+/// Where a principal's TOTP secret comes from.
+#[derive(Clone, Debug)]
+pub enum TotpSource {
+    /// `secret:` (usually `${ENV}`), already base32-decoded.
+    Inline(Secret),
+    /// `secret_file:`, a file holding the base32 secret, read with the other files.
+    File(FileRef),
+}
+
+/// `totp:` settings: how codes are sent and computed (the defaults are pyotp's and every
+/// authenticator app's).
+#[derive(Clone, Debug)]
+pub struct TotpSettings {
+    /// The request header carrying the current code; removed before forwarding.
+    pub header: HeaderName,
+    /// Digits per code (6 to 8).
+    pub digits: u8,
+    /// Seconds per step.
+    pub period: u64,
+    /// Steps accepted either side of now.
+    pub skew: u8,
 }
 
 /// What a principal is recognised by: exactly one credential kind.

@@ -139,6 +139,8 @@ pub struct Shared {
     pub auth_guard: ArcSwap<AuthGuard>,
     /// Client certificates parsed once and shared by their connections.
     pub peers: PeerCache,
+    /// The last one-time-code step each principal used (kept across reloads).
+    pub used_totp: crate::auth::totp::UsedSteps,
 }
 
 impl Shared {
@@ -153,6 +155,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             auth_guard: ArcSwap::from_pointee(guard),
             peers: PeerCache::default(),
+            used_totp: crate::auth::totp::UsedSteps::default(),
         })
     }
 
@@ -509,15 +512,21 @@ impl GatewayService {
         //    spend the client's auth_failures budget (429 once spent).
         log.identity.clone_from(&view.identity);
         log.roles = view.roles.clone();
-        let presented = match auth::presented(req.headers(), &config.api_keys.header) {
-            Ok(p) => p,
-            Err(failure) => {
-                if let Err(wait) = self.reserve_attempt() {
-                    return Err(self.guard_refused(wait, log));
+        let presented =
+            match auth::presented(req.headers(), &config.api_keys.header).and_then(|mut p| {
+                match state.auth.totp_header() {
+                    Some(h) => p.read_otp(req.headers(), h).map(|()| p),
+                    None => Ok(p),
                 }
-                return Err(self.auth_failed(failure, log));
-            }
-        };
+            }) {
+                Ok(p) => p,
+                Err(failure) => {
+                    if let Err(wait) = self.reserve_attempt() {
+                        return Err(self.guard_refused(wait, log));
+                    }
+                    return Err(self.auth_failed(failure, log));
+                }
+            };
         let mut claims = None;
         let per_request: Option<(Caller, Vec<(HeaderName, HeaderValue)>)> = if presented.any() {
             let (caller, c) = self.authenticate(state, presented, log).await?;
@@ -630,6 +639,10 @@ impl GatewayService {
         if !config.forward.credentials {
             h.remove(header::AUTHORIZATION);
             h.remove(&config.api_keys.header);
+        }
+        // A one-time code is never forwarded: it is of no use upstream and still live.
+        if let Some(otp) = state.auth.totp_header() {
+            h.remove(otp);
         }
         // The upstream gets the host the policy matched, in one canonical spelling. A Host
         // header already spelled that way (the usual case) is kept as it is.
@@ -770,11 +783,58 @@ impl GatewayService {
                 Err(f) => return Err(self.auth_failed(f, log)),
             }
         }
+        verified.jwt = claims.as_ref();
+        let mut caller = state.policy.identify(&verified);
+        if let Some(code) = &presented.otp {
+            self.verify_otp(state, &mut caller, code, log).await?;
+        }
         // Everything verified: the reserved failure goes back.
         self.shared.auth_guard.load().refund(ip, Instant::now());
-        verified.jwt = claims.as_ref();
-        let caller = state.policy.identify(&verified);
         Ok((caller, claims))
+    }
+
+    /// The `totp` factor: the code must be the current one of a principal the other
+    /// credentials identified, and newer than the last code that principal used, here and
+    /// (with a Redis store) on every replica.
+    async fn verify_otp(
+        &self,
+        state: &State,
+        caller: &mut Caller,
+        code: &str,
+        log: &mut RequestLog,
+    ) -> Result<(), GatewayError> {
+        let now = crate::auth::totp::now_secs();
+        let (principal, step) = state
+            .auth
+            .verify_totp(&caller.principals, code, now)
+            .map_err(|f| self.auth_failed(f, log))?;
+        let t = &state.config.totp;
+        // A code is accepted until `skew` steps after its own; the step it matched lies at
+        // most `skew` steps ahead of now, so its record must outlive 2 x skew + 1 steps.
+        let live_for = std::time::Duration::from_secs(t.period * (2 * u64::from(t.skew) + 2));
+        let oldest_live = (now / t.period.max(1)).saturating_sub(u64::from(t.skew));
+        if !self.shared.used_totp.advance(principal, step, oldest_live) {
+            return Err(self.auth_failed(AuthFailure::ReplayedCode, log));
+        }
+        match state
+            .ratelimits
+            .advance_shared("totp", principal, step, live_for)
+            .await
+        {
+            None | Some(Ok(true)) => {}
+            Some(Ok(false)) => return Err(self.auth_failed(AuthFailure::ReplayedCode, log)),
+            Some(Err(_)) => {
+                self.shared.metrics.ratelimit_store_errors.inc();
+                if state.ratelimits.on_store_error() == OnStoreError::Deny {
+                    log.decision = "rate_limit_store_unavailable";
+                    return Err(GatewayError::RateLimitStoreUnavailable);
+                }
+                // on_store_error: allow: this replica's own record still refuses replays here.
+            }
+        }
+        caller.factors.push(crate::policy::Factor::Totp);
+        caller.factors.sort_unstable();
+        Ok(())
     }
 
     /// A refused credential: logged with its reason; the failure reserved for it stays spent.

@@ -33,6 +33,8 @@ pub enum Factor {
     Jwt,
     /// HTTP Basic credentials matching an argon2id hash.
     Basic,
+    /// The current one-time code (RFC 6238) of a principal another credential identified.
+    Totp,
 }
 
 impl Factor {
@@ -43,6 +45,7 @@ impl Factor {
             Factor::ApiKey => "api_key",
             Factor::Jwt => "jwt",
             Factor::Basic => "basic",
+            Factor::Totp => "totp",
         }
     }
 
@@ -53,6 +56,7 @@ impl Factor {
             "api_key" => Factor::ApiKey,
             "jwt" => Factor::Jwt,
             "basic" => Factor::Basic,
+            "totp" => Factor::Totp,
             _ => return None,
         })
     }

@@ -284,6 +284,22 @@ impl RateLimits {
         }
     }
 
+    /// Records `value` for `name` in the shared store when it is greater than the one there
+    /// (see [`RedisStore::advance`]); `None` when the store is in process (the caller keeps
+    /// its own record).
+    pub async fn advance_shared(
+        &self,
+        kind: &str,
+        name: &str,
+        value: u64,
+        ttl: Duration,
+    ) -> Option<Result<bool, StoreUnavailable>> {
+        match &self.redis {
+            Some(redis) => Some(redis.advance(kind, name, value, ttl).await),
+            None => None,
+        }
+    }
+
     /// Forgets keys whose budget is full again; run on a timer.
     pub fn prune(&self) {
         for l in self.local.values() {

@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub api_keys: Option<Sp<RawApiKeys>>,
     pub jwt: Option<Sp<RawJwt>>,
     pub basic: Option<Sp<RawBasic>>,
+    pub totp: Option<Sp<RawTotp>>,
     pub rate_limits: Option<Sp<RawRateLimits>>,
     pub forward: Option<Sp<RawForward>>,
     pub limits: Option<Sp<RawLimits>>,
@@ -160,6 +161,23 @@ pub struct RawPrincipal {
     pub jwt: Option<Sp<RawJwtMatch>>,
     pub basic: Option<Sp<RawBasicMatch>>,
     pub roles: Option<Sp<Vec<Sp<String>>>>,
+    pub totp: Option<Sp<RawPrincipalTotp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrincipalTotp {
+    pub secret: Option<Sp<String>>,
+    pub secret_file: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTotp {
+    pub header: Option<Sp<String>>,
+    pub digits: Option<Sp<u64>>,
+    pub period: Option<Sp<String>>,
+    pub skew: Option<Sp<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,7 +19,8 @@ use super::{
     Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
     LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathCase, PathParameters, Pos,
     Principal, PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings,
-    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, UnderscoreHeaders, UpstreamSettings,
+    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, TotpSettings, TotpSource,
+    UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -48,6 +49,10 @@ pub(super) fn resolve(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         base,
         file: file.clone(),
         warnings: Vec::new(),
+        world_readable: {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+        },
         protected_headers: Vec::new(),
     };
     let config = r.config(raw, path).map(|mut c| {
@@ -293,6 +298,8 @@ struct Resolver {
     base: PathBuf,
     file: String,
     warnings: Vec<String>,
+    /// Whether users other than the owner can read the file (literal secrets then warn).
+    world_readable: bool,
     /// Headers the gateway sets or consumes (identity, credential): `when.headers` may not
     /// name them, since a condition would otherwise read a client's forged copy.
     protected_headers: Vec<HeaderName>,
@@ -351,11 +358,13 @@ impl Resolver {
             "api_keys.header",
             "x-api-key",
         );
+        let totp = self.totp_settings(raw.totp.as_ref());
         if let Some(f) = &forward {
             self.protected_headers = crate::proxy::headers::identity_header_names(f)
                 .into_iter()
                 .chain([http::header::AUTHORIZATION])
                 .chain(api_key_header.clone())
+                .chain(totp.as_ref().map(|t| t.header.clone()))
                 .collect();
         }
         let routes = self.routes(
@@ -407,6 +416,7 @@ impl Resolver {
             api_keys,
             jwt,
             basic,
+            totp: totp?,
             auth_failures,
             rate_limits,
             warnings: Vec::new(),
@@ -1493,15 +1503,117 @@ impl Resolver {
                     .collect(),
                 None => Vec::new(),
             };
+            let totp = match &p.totp {
+                Some(t) => match self.principal_totp(t, &format!("{key}.totp")) {
+                    Some(t) => Some(t),
+                    None => continue,
+                },
+                None => None,
+            };
             if let (Some(name), Some(matcher)) = (name, matcher) {
                 out.push(Principal {
                     name,
                     matcher,
                     roles,
+                    totp,
                 });
             }
         }
         out
+    }
+
+    /// `principals[].totp`: exactly one of `secret` (base32, usually `${ENV}`) and
+    /// `secret_file`. A literal secret in a file others can read is a warning.
+    fn principal_totp(&mut self, sp: &Sp<raw::RawPrincipalTotp>, key: &str) -> Option<TotpSource> {
+        let t = &sp.value;
+        match (&t.secret, &t.secret_file) {
+            (Some(s), None) => {
+                let k = format!("{key}.secret");
+                let text = self.string(s, &k)?;
+                let secret = match crate::auth::totp::parse_secret(&text) {
+                    Ok(b) => b,
+                    Err(m) => {
+                        self.p.push(pos(s), &k, m);
+                        return None;
+                    }
+                };
+                if !s.value.contains("${") && self.world_readable {
+                    self.warn(
+                        pos(s),
+                        &k,
+                        "a literal TOTP secret in a configuration file every user can read; \
+                         use secret: \"${ENV_VAR}\" or secret_file:, or chmod o-r the file",
+                    );
+                }
+                Some(TotpSource::Inline(Secret(secret)))
+            }
+            (None, Some(f)) => Some(TotpSource::File(
+                self.file(f, &format!("{key}.secret_file"))?,
+            )),
+            (Some(_), Some(_)) => {
+                self.p
+                    .push(pos(sp), key, "give secret or secret_file, not both");
+                None
+            }
+            (None, None) => {
+                self.p.push(
+                    pos(sp),
+                    key,
+                    "missing: secret (base32, e.g. \"${ALICE_TOTP}\") or secret_file; \
+                     `portcullis totp new` makes one",
+                );
+                None
+            }
+        }
+    }
+
+    /// `totp:`: the header codes arrive in and how they are computed.
+    fn totp_settings(&mut self, sp: Option<&Sp<raw::RawTotp>>) -> Option<TotpSettings> {
+        let t = sp.map(|s| &s.value);
+        let header = self.header_name(t.and_then(|t| t.header.as_ref()), "totp.header", "x-otp");
+        let digits = match t.and_then(|t| t.digits.as_ref()) {
+            Some(d) if !(6..=8).contains(&d.value) => {
+                self.p
+                    .push(pos(d), "totp.digits", "expected 6, 7 or 8 (RFC 4226)");
+                None
+            }
+            Some(d) => u8::try_from(d.value).ok(),
+            None => Some(6),
+        };
+        let period = self.duration(
+            t.and_then(|t| t.period.as_ref()),
+            "totp.period",
+            Duration::from_secs(30),
+        );
+        let period = match (period, t.and_then(|t| t.period.as_ref())) {
+            (Some(d), Some(at)) if d.subsec_nanos() != 0 || d.as_secs() > 600 => {
+                self.p.push(
+                    pos(at),
+                    "totp.period",
+                    "expected whole seconds, at most 10m (authenticator apps use 30s)",
+                );
+                None
+            }
+            (d, _) => d.map(|d| d.as_secs()),
+        };
+        let skew = match t.and_then(|t| t.skew.as_ref()) {
+            Some(s) if s.value > 3 => {
+                self.p.push(
+                    pos(s),
+                    "totp.skew",
+                    "expected 0 to 3 steps (RFC 6238 recommends 1)",
+                );
+                None
+            }
+            Some(s) => u8::try_from(s.value).ok(),
+            None => Some(1),
+        };
+        Some(TotpSettings {
+            header: header?,
+            digits: digits?,
+            period: period?,
+            skew: skew?,
+        })
     }
 
     /// Exactly one of cert, api_key, jwt, basic.
@@ -1987,7 +2099,7 @@ impl Resolver {
                                 p,
                                 format!("{key}.factors"),
                                 format!(
-                                    "expected certificate, api_key, jwt or basic, got {name:?}"
+                                    "expected certificate, api_key, jwt, basic or totp, got {name:?}"
                                 ),
                             ),
                         }

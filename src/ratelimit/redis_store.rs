@@ -129,6 +129,16 @@ const LEASE_TTL: Duration = Duration::from_secs(1);
 /// So memory stays bounded whatever keys callers vary, at an amortized constant cost.
 const SWEEP_AT: usize = 4096;
 
+/// Moves a counter forward, atomically: `1` when ARGV[1] is greater than the stored value
+/// (which is then replaced and expires after ARGV[2] ms), `0` when it is not. One-time codes
+/// use it so that a step accepted by any replica is accepted by no other.
+const ADVANCE: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if last >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
 /// Decisions through Redis.
 pub struct RedisStore {
     url: String,
@@ -138,6 +148,7 @@ pub struct RedisStore {
     /// runtime, which `portcullis check` (building the same state) does not have.
     conn: tokio::sync::OnceCell<ConnectionManager>,
     script: redis::Script,
+    advance: redis::Script,
     prefix: String,
     timeout: Duration,
     /// Known down: decisions fail at once (no request waits `store_timeout` for a Redis that
@@ -276,6 +287,7 @@ impl RedisStore {
             config,
             conn: tokio::sync::OnceCell::new(),
             script: redis::Script::new(GCRA),
+            advance: redis::Script::new(ADVANCE),
             prefix: prefix.to_owned(),
             timeout,
             down: Arc::new(AtomicBool::new(false)),
@@ -435,6 +447,52 @@ impl RedisStore {
         }
     }
 
+    /// Records `value` under `{prefix}{kind}:{SHA-256(name), 16 bytes hex}` for `ttl` when it
+    /// is greater than what is stored; `Ok(false)` when it is not (the value, or a later one,
+    /// was recorded first, by this replica or another).
+    ///
+    /// # Errors
+    /// [`StoreUnavailable`] when Redis is down or slower than `store_timeout`.
+    pub async fn advance(
+        &self,
+        kind: &str,
+        name: &str,
+        value: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreUnavailable> {
+        if self.down.load(Ordering::Relaxed) {
+            return Err(StoreUnavailable);
+        }
+        let mut key = String::new();
+        self.bucket_name(&mut key, kind, name);
+        let mut conn = self.connection().await?;
+        let call = async {
+            let mut inv = self.advance.prepare_invoke();
+            inv.key(&key)
+                .arg(value)
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            inv.invoke_async::<i64>(&mut conn).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(n)) => Ok(n == 1),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreUnavailable> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                self.client.get_connection_manager_lazy(self.config.clone())
+            })
+            .await;
+        match conn {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(self.failed(&e.to_string())),
+        }
+    }
+
     /// One script call deciding `n` requests.
     async fn call(
         &self,
@@ -443,16 +501,7 @@ impl RedisStore {
         n: usize,
     ) -> Result<Decided, StoreUnavailable> {
         let interval = spec.interval().as_micros().max(1) as u64;
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                self.client.get_connection_manager_lazy(self.config.clone())
-            })
-            .await;
-        let mut conn = match conn {
-            Ok(c) => c.clone(),
-            Err(e) => return Err(self.failed(&e.to_string())),
-        };
+        let mut conn = self.connection().await?;
         let call = async {
             let mut inv = self.script.prepare_invoke();
             inv.key(bucket).arg(interval).arg(spec.burst).arg(n);

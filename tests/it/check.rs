@@ -222,3 +222,88 @@ fn run_refuses_a_config_whose_policy_tests_fail() {
         "{err}"
     );
 }
+
+/// A principal with a one-time-code secret, written as `totp`, under a `totp:` section `section`.
+fn with_totp(totp: &str, section: &str) -> tempfile::TempDir {
+    let dir = setup(TLS);
+    let path = dir.path().join("gateway.yaml");
+    let mut yaml = std::fs::read_to_string(&path).unwrap();
+    yaml.push_str(&format!(
+        "{section}principals:\n  - name: bob\n    cert: {{ cn: reader-bob }}\n    totp: {totp}\n    roles: [reader]\n"
+    ));
+    yaml = yaml.replace(
+        "allow: authenticated",
+        "allow: { roles: [reader], factors: [certificate, totp] }",
+    );
+    std::fs::write(&path, yaml).unwrap();
+    dir
+}
+
+#[test]
+fn totp_secrets_and_settings_are_checked_where_they_are_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    // A literal secret in a file every user can read is a warning; not once the file is
+    // private, nor when the secret comes from the environment.
+    let dir = with_totp(&format!("{{ secret: \"{secret}\" }}"), "");
+    let file = dir.path().join("gateway.yaml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("principals[0].totp.secret: a literal TOTP secret in a configuration file every user can read"),
+        "{out}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("literal TOTP secret"), "{out}");
+
+    for (totp, section, want) in [
+        (
+            "{ secret: \"JBSWY3DPEHPK3PXP\" }",
+            "",
+            "principals[0].totp.secret: the secret has 80 bits; at least 128",
+        ),
+        (
+            "{ secret: \"not base32!\" }",
+            "",
+            "principals[0].totp.secret: expected a base32 secret",
+        ),
+        (
+            "{ secret_file: missing.totp }",
+            "",
+            "principals[0].totp.secret_file:",
+        ),
+        ("{ }", "", "principals[0].totp: missing: secret"),
+        (
+            &format!("{{ secret: \"{secret}\", secret_file: x }}"),
+            "",
+            "principals[0].totp: give secret or secret_file, not both",
+        ),
+        (
+            &format!("{{ secret: \"{secret}\" }}"),
+            "totp: { digits: 9 }\n",
+            "totp.digits: expected 6, 7 or 8",
+        ),
+        (
+            &format!("{{ secret: \"{secret}\" }}"),
+            "totp: { skew: 5 }\n",
+            "totp.skew: expected 0 to 3",
+        ),
+        (
+            &format!("{{ secret: \"{secret}\" }}"),
+            "totp: { period: 1500ms }\n",
+            "totp.period: expected whole seconds",
+        ),
+    ] {
+        let dir = with_totp(totp, section);
+        let (code, out) = check(dir.path());
+        assert_eq!(code, Some(1), "{totp} {section}: {out}");
+        assert!(
+            out.contains(want),
+            "{totp} {section}: want {want:?} in\n{out}"
+        );
+        assert!(out.contains("gateway.yaml:"), "file:line:col: {out}");
+    }
+}

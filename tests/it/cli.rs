@@ -902,3 +902,56 @@ fn check_accepts_a_redis_store_without_reaching_it_and_rejects_bad_limits() {
         "{err}"
     );
 }
+
+#[test]
+fn totp_new_prints_the_secret_alone_then_the_uri_a_qr_code_and_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &["totp", "new", "--id", "alice", "--issuer", "Acme"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let mut lines = text.lines();
+    let secret = lines.next().unwrap();
+    assert_eq!(
+        crate::support::otp::base32_decode(secret).len(),
+        20,
+        "a 160-bit base32 secret alone on the first line: {secret}"
+    );
+    let uri = lines.next().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/Acme:alice?") && uri.contains(&format!("secret={secret}")),
+        "{uri}"
+    );
+    assert!(uri.contains("issuer=Acme"), "{uri}");
+    assert!(
+        text.lines().filter(|l| l.contains('█')).count() > 20,
+        "a QR code drawn for the terminal"
+    );
+    assert!(
+        text.contains("totp: { secret: \"${ALICE_TOTP}\" }"),
+        "the entry takes the secret from the environment: {text}"
+    );
+    assert_eq!(
+        text.matches(secret).count(),
+        2,
+        "the secret is on the first line and in the URI only"
+    );
+    let again = stdout(&run(dir.path(), &["totp", "new", "--id", "alice"]));
+    assert_ne!(again.lines().next(), Some(secret), "secrets are random");
+    assert!(
+        again
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("otpauth://totp/portcullis:alice?")
+    );
+    let bad = run(dir.path(), &["totp", "new", "--id", "a:b"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("cannot make the enrollment URI"),
+        "{}",
+        stderr(&bad)
+    );
+}

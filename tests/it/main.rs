@@ -16,6 +16,7 @@ mod mtls;
 mod policy;
 mod proxy;
 mod ratelimit;
+mod totp;
 
 /// The policy most tests use: ops (admin + reader), readers, an open health route.
 pub const POLICY: &str = r#"

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod gateway;
 pub mod jwt;
+pub mod otp;
 pub mod pki;
 pub mod redis;
 pub mod rogue;

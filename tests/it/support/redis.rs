@@ -142,6 +142,13 @@ impl RedisServer {
         }
     }
 
+    /// Every key in the server (plain-text servers only).
+    pub fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        redis::cmd("KEYS").arg("*").query(&mut conn).unwrap()
+    }
+
     /// Starts it again on the same port (recovery).
     pub fn restart(&mut self) {
         self.stop();

@@ -111,6 +111,10 @@ pub struct ExplainArgs {
     /// Basic credentials presented.
     #[arg(long, value_name = "USER:PASS")]
     pub basic: Option<String>,
+    /// One-time code presented (checked against the secrets of the principals the other
+    /// credentials identify, and not used up).
+    #[arg(long, value_name = "CODE")]
+    pub otp: Option<String>,
     /// Client address (default 127.0.0.1).
     #[arg(long = "source-ip", value_name = "IP")]
     pub source_ip: Option<std::net::IpAddr>,

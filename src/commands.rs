@@ -44,6 +44,7 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 api_key: a.api_key,
                 bearer: a.bearer,
                 basic: a.basic,
+                otp: a.otp,
                 source_ip: a.source_ip,
             };
             let e = crate::explain::explain(&config, &req)?;

@@ -337,6 +337,8 @@ pub struct TestRequest {
     pub jwt: Option<serde_json::Map<String, serde_json::Value>>,
     /// The Basic user the caller logs in as (password taken as right).
     pub basic_user: Option<String>,
+    /// The caller also sends its principal's current one-time code.
+    pub totp: bool,
     /// Source address (default 127.0.0.1).
     pub source_ip: std::net::IpAddr,
     /// Request headers.

@@ -17,7 +17,7 @@ use crate::auth::{self, Authenticator};
 use crate::config::{Allow, Config, Expectation, JwksSource, PrincipalMatcher, TestCase};
 use crate::identity::PeerCert;
 use crate::policy::{
-    Caller, Decision, Denial, Policy, RequestFacts, Verified, match_form, normalize_path,
+    Caller, Decision, Denial, Factor, Policy, RequestFacts, Verified, match_form, normalize_path,
 };
 
 /// One request to explain.
@@ -37,6 +37,8 @@ pub struct ExplainRequest {
     pub bearer: Option<String>,
     /// `USER:PASS`.
     pub basic: Option<String>,
+    /// A one-time code.
+    pub otp: Option<String>,
     /// Client address.
     pub source_ip: Option<IpAddr>,
 }
@@ -190,7 +192,26 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
         }
     }
     verified.jwt = claims.as_ref();
-    let caller = policy.identify(&verified);
+    let mut caller = policy.identify(&verified);
+    if let Some(code) = &req.otp {
+        // Checked like the gateway checks it, but not recorded: the code stays usable.
+        match authn.verify_totp(&caller.principals, code, crate::auth::totp::now_secs()) {
+            Ok((principal, _)) => {
+                caller.factors.push(Factor::Totp);
+                caller.factors.sort_unstable();
+                presented.push(format!(
+                    "totp (the current code of principal {principal}; explain does not use it up)"
+                ));
+            }
+            Err(e) => {
+                refuse(&mut out, "totp", &e);
+                return Ok(Explanation {
+                    text: out,
+                    allowed: false,
+                });
+            }
+        }
+    }
     let headers = HeaderMap::new();
     let facts = RequestFacts {
         method: &method,
@@ -368,8 +389,26 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         jwt: claims.as_ref(),
         basic,
     };
-    let caller = policy.identify(&verified);
+    let mut caller = policy.identify(&verified);
     let name = t.name.clone();
+    if r.totp {
+        let bound = config
+            .principals
+            .iter()
+            .any(|p| p.totp.is_some() && caller.principals.contains(&p.name));
+        if !bound {
+            return TestOutcome {
+                name,
+                failure: Some(
+                    "totp: true, but no principal the request identifies has a totp secret \
+                     (the gateway would answer 401)"
+                        .to_owned(),
+                ),
+            };
+        }
+        caller.factors.push(Factor::Totp);
+        caller.factors.sort_unstable();
+    }
     let path = match normalize_path(&r.path) {
         Ok(p) => p,
         Err(e) => {

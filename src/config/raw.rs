@@ -108,6 +108,7 @@ pub struct RawTestRequest {
     pub api_key_id: Option<Sp<String>>,
     pub jwt: Option<Sp<BTreeMap<String, serde_json::Value>>>,
     pub basic_user: Option<Sp<String>>,
+    pub totp: Option<Sp<bool>>,
     pub source_ip: Option<Sp<String>>,
     pub headers: Option<Sp<BTreeMap<String, String>>>,
 }

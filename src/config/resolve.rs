@@ -1055,6 +1055,7 @@ impl Resolver {
             api_key_id,
             jwt,
             basic_user,
+            totp: r.totp.as_ref().is_some_and(|t| t.value),
             source_ip,
             headers,
         })

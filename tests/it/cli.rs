@@ -955,3 +955,72 @@ fn totp_new_prints_the_secret_alone_then_the_uri_a_qr_code_and_the_entry() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn explain_and_policy_tests_understand_one_time_codes() {
+    use crate::support::otp::{self, SECRET};
+    let dir = pki_dir();
+    let yaml = format!(
+        r#"{BASE}principals:
+  - {{ name: ops, cert: {{ cn: "ops-*" }}, totp: {{ secret: "{SECRET}" }}, roles: [admin] }}
+  - {{ name: readers, cert: {{ cn: "reader-*" }}, roles: [admin] }}
+routes:
+  - {{ name: admin, match: {{ prefix: / }}, upstream: legacy, allow: {{ roles: [admin], factors: [certificate, totp] }} }}
+tests:
+  - name: ops with a code
+    request: {{ path: /x, cert: {{ cn: ops-alice }}, totp: true }}
+    expect: allow
+  - name: ops without one
+    request: {{ path: /x, cert: {{ cn: ops-alice }} }}
+    expect: "403"
+"#
+    );
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let o = run(dir.path(), &["test"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+
+    // A code for a caller whose principal has no secret is a 401 at the gateway: the test says so.
+    std::fs::write(
+        &file,
+        format!("{yaml}  - name: bob with a code\n    request: {{ path: /x, cert: {{ cn: reader-bob }}, totp: true }}\n    expect: allow\n"),
+    )
+    .unwrap();
+    let o = run(dir.path(), &["test"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("no principal the request identifies has a totp secret"),
+        "{}",
+        stdout(&o)
+    );
+
+    let alice = [
+        "explain",
+        "--path",
+        "/x",
+        "--cert",
+        "certs/clients/ops-alice.crt",
+    ];
+    let code = otp::code(SECRET, otp::now());
+    let o = run(dir.path(), &[&alice[..], &["--otp", &code]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("factors:    certificate, totp"),
+        "{}",
+        stdout(&o)
+    );
+    // explain does not use the code up: the same code explains the same way again.
+    let o = run(dir.path(), &[&alice[..], &["--otp", &code]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let o = run(dir.path(), &[&alice[..], &["--otp", wrong]].concat());
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stdout(&o).contains("credential: totp refused: wrong one-time code"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(dir.path(), &alice);
+    assert_eq!(o.status.code(), Some(3), "no code: factors unmet");
+}

@@ -10,6 +10,7 @@
 
 pub mod guard;
 pub mod jwt;
+pub mod tokens;
 pub mod totp;
 
 use std::sync::Arc;
@@ -182,6 +183,7 @@ pub struct Authenticator {
     /// TOTP generators by principal name, and where codes arrive.
     totp: std::collections::HashMap<String, totp::Totp>,
     totp_header: Option<HeaderName>,
+    tokens: Option<tokens::TokenIssuer>,
     argon2_slots: Arc<tokio::sync::Semaphore>,
     client_slots: ClientSlots,
     challenges: Vec<http::HeaderValue>,
@@ -250,6 +252,24 @@ impl Authenticator {
             };
             totps.insert(p.name.clone(), totp::Totp::new(&secret, &config.totp));
         }
+        let issuer = match &config.tokens {
+            Some(t) => match std::fs::read(&t.signing_key.path) {
+                Ok(pem) => match tokens::TokenIssuer::new(t, &pem) {
+                    Ok(i) => Some(i),
+                    Err(m) => {
+                        let f = &t.signing_key;
+                        problems.push(f.pos, &f.key, format!("{}: {m}", f.path.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    let f = &t.signing_key;
+                    problems.push(f.pos, &f.key, crate::config::read_error(&f.path, &e));
+                    None
+                }
+            },
+            None => None,
+        };
         problems.into_result(())?;
         let mut challenges = Vec::new();
         if jwt.is_some() {
@@ -277,6 +297,7 @@ impl Authenticator {
             jwt,
             totp_header: (!totps.is_empty()).then(|| config.totp.header.clone()),
             totp: totps,
+            tokens: issuer,
             argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
             client_slots: ClientSlots::default(),
             challenges,
@@ -299,6 +320,14 @@ impl Authenticator {
         if let (Some(new), Some(old)) = (self.jwt.as_mut(), old.jwt.as_ref()) {
             new.carry_over(old);
         }
+        if let (Some(new), Some(old)) = (self.tokens.as_mut(), old.tokens.as_ref()) {
+            new.carry_over(old);
+        }
+    }
+
+    /// The login token issuer, when `tokens:` is configured.
+    pub fn tokens(&self) -> Option<&tokens::TokenIssuer> {
+        self.tokens.as_ref()
     }
 
     /// The header one-time codes arrive in, when any principal has a TOTP secret.

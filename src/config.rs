@@ -43,6 +43,8 @@ pub struct Config {
     pub basic: BasicSettings,
     /// One-time codes (RFC 6238) for principals with a `totp:` secret.
     pub totp: TotpSettings,
+    /// The gateway's own login tokens, when configured.
+    pub tokens: Option<TokenSettings>,
     /// The brute-force guard on failed authentications.
     pub auth_failures: AuthFailureLimit,
     /// Where rate-limit state lives and what happens when it cannot be reached.
@@ -176,6 +178,27 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The principal's one-time-code secret, when it has one (the `totp` factor).
     pub totp: Option<TotpSource>,
+}
+
+/// `tokens:`: the gateway as the issuer of short-lived login tokens.
+#[derive(Clone, Debug)]
+pub struct TokenSettings {
+    /// PKCS#8 PEM key, P-256 (ES256) or Ed25519 (EdDSA).
+    pub signing_key: FileRef,
+    /// POST here with every `login_factors` credential: a token.
+    pub login_path: String,
+    /// Factors a login must have verified, all of them.
+    pub login_factors: Vec<crate::policy::Factor>,
+    /// POST here with a token: it is revoked until it expires.
+    pub logout_path: String,
+    /// GET here: the public keys, as a JWKS.
+    pub jwks_path: String,
+    /// Lifetime of a token.
+    pub ttl: Duration,
+    /// `aud` of the tokens.
+    pub audience: String,
+    /// `iss` of the tokens.
+    pub issuer: String,
 }
 
 /// Where a principal's TOTP secret comes from.

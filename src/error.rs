@@ -35,6 +35,18 @@ pub enum GatewayError {
     RateLimited(crate::ratelimit::Outcome),
     /// The shared rate-limit store is down and `on_store_error: deny`.
     RateLimitStoreUnavailable,
+    /// A gateway endpoint (login, logout, JWKS) asked with another method; `Allow` lists these.
+    MethodNotAllowed(&'static str),
+    /// A login whose verified factors do not include every `tokens.login_factors` one.
+    LoginFactorsMissing,
+    /// A login token presented to log in again: a login needs credentials.
+    LoginWithToken,
+    /// Logout needs a token of this gateway.
+    LogoutWithoutToken,
+    /// The in-process revocation table is full.
+    RevocationsFull,
+    /// The token could not be signed.
+    TokenNotIssued,
 }
 
 impl GatewayError {
@@ -53,7 +65,15 @@ impl GatewayError {
             GatewayError::TooManyAuthFailures(_) | GatewayError::RateLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            GatewayError::RateLimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimitStoreUnavailable | GatewayError::RevocationsFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::LoginFactorsMissing | GatewayError::LoginWithToken => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::LogoutWithoutToken => StatusCode::UNAUTHORIZED,
+            GatewayError::TokenNotIssued => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -80,6 +100,12 @@ impl GatewayError {
             GatewayError::TooManyAuthFailures(_) => "too many failed authentications",
             GatewayError::RateLimited(_) => "rate limited",
             GatewayError::RateLimitStoreUnavailable => "rate limit store unavailable",
+            GatewayError::MethodNotAllowed(_) => "method not allowed",
+            GatewayError::LoginFactorsMissing => "login needs more factors",
+            GatewayError::LoginWithToken => "log in with credentials, not a token",
+            GatewayError::LogoutWithoutToken => "logout needs a gateway token",
+            GatewayError::RevocationsFull => "too many revoked tokens",
+            GatewayError::TokenNotIssued => "token not issued",
         }
     }
 
@@ -104,6 +130,10 @@ impl GatewayError {
         );
         if let GatewayError::RateLimited(o) = &self {
             o.write_headers(resp.headers_mut());
+        }
+        if let GatewayError::MethodNotAllowed(allow) = &self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if let GatewayError::TooManyAuthFailures(wait) = self {
             // Whole seconds, rounded up: a client retrying sooner is refused again.
@@ -161,6 +191,9 @@ mod tests {
             (GatewayError::UpstreamTimeout, 504),
             (GatewayError::ClientTimeout, 408),
             (GatewayError::RateLimitStoreUnavailable, 503),
+            (GatewayError::MethodNotAllowed("POST"), 405),
+            (GatewayError::LoginFactorsMissing, 403),
+            (GatewayError::LogoutWithoutToken, 401),
             (
                 GatewayError::TooManyAuthFailures(std::time::Duration::from_millis(1500)),
                 429,

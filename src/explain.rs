@@ -388,6 +388,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         api_key,
         jwt: claims.as_ref(),
         basic,
+        token: None,
     };
     let mut caller = policy.identify(&verified);
     let name = t.name.clone();

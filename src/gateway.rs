@@ -141,6 +141,8 @@ pub struct Shared {
     pub peers: PeerCache,
     /// The last one-time-code step each principal used (kept across reloads).
     pub used_totp: crate::auth::totp::UsedSteps,
+    /// Login tokens logged out, until they expire (kept across reloads).
+    pub revoked_tokens: crate::auth::tokens::Revoked,
 }
 
 impl Shared {
@@ -156,6 +158,7 @@ impl Shared {
             auth_guard: ArcSwap::from_pointee(guard),
             peers: PeerCache::default(),
             used_totp: crate::auth::totp::UsedSteps::default(),
+            revoked_tokens: crate::auth::tokens::Revoked::default(),
         })
     }
 
@@ -497,6 +500,10 @@ impl GatewayService {
             return Err(GatewayError::BadPath(PathError::Semicolon));
         }
         log.path.clone_from(&path);
+        // Login, logout and the JWKS are answered here and never reach an upstream.
+        if let Some(answer) = self.token_endpoint(state, &req, &path, log).await {
+            return answer;
+        }
         let match_path = match_form(&path);
         // The route the request is for, known before any credential is checked, so that a
         // refused credential or the auth_failures guard is counted and logged against it.
@@ -529,7 +536,9 @@ impl GatewayService {
             };
         let mut claims = None;
         let per_request: Option<(Caller, Vec<(HeaderName, HeaderValue)>)> = if presented.any() {
-            let (caller, c) = self.authenticate(state, presented, log).await?;
+            let Authenticated {
+                caller, claims: c, ..
+            } = self.authenticate(state, presented, log).await?;
             claims = c;
             let cert = self.conn.cert_header(config.forward.client_cert_format);
             let headers = headers::identity_headers(&caller, cert, &config.forward);
@@ -750,7 +759,7 @@ impl GatewayService {
         state: &State,
         presented: auth::Presented,
         log: &mut RequestLog,
-    ) -> Result<(Caller, Option<serde_json::Map<String, serde_json::Value>>), GatewayError> {
+    ) -> Result<Authenticated, GatewayError> {
         let ip = self.conn.remote.ip();
         if let Err(wait) = self.reserve_attempt() {
             return Err(self.guard_refused(wait, log));
@@ -768,10 +777,27 @@ impl GatewayService {
             }
         }
         let mut claims = None;
+        let mut token_claims = None;
         if let Some(token) = &presented.bearer {
-            match state.auth.verify_jwt(token, cert) {
-                Ok(c) => claims = Some(c),
-                Err(f) => return Err(self.auth_failed(f, log)),
+            // A token naming one of this gateway's keys is its own login token; any other
+            // bearer token is the identity provider's.
+            match state.auth.tokens().filter(|t| t.is_ours(token)) {
+                Some(issuer) => {
+                    let c = issuer
+                        .verify(token, cert)
+                        .map_err(|f| self.auth_failed(f, log))?;
+                    if self.token_revoked(state, &c.jti, log).await? {
+                        return Err(self.auth_failed(
+                            AuthFailure::BadToken("revoked (logged out)".to_owned()),
+                            log,
+                        ));
+                    }
+                    token_claims = Some(c);
+                }
+                None => match state.auth.verify_jwt(token, cert) {
+                    Ok(c) => claims = Some(c),
+                    Err(f) => return Err(self.auth_failed(f, log)),
+                },
             }
         }
         if let Some((user, password)) = presented.basic {
@@ -784,13 +810,166 @@ impl GatewayService {
             }
         }
         verified.jwt = claims.as_ref();
+        verified.token = token_claims.as_ref();
         let mut caller = state.policy.identify(&verified);
         if let Some(code) = &presented.otp {
             self.verify_otp(state, &mut caller, code, log).await?;
         }
         // Everything verified: the reserved failure goes back.
         self.shared.auth_guard.load().refund(ip, Instant::now());
-        Ok((caller, claims))
+        Ok(Authenticated {
+            caller,
+            claims,
+            token: token_claims,
+        })
+    }
+
+    /// Whether a login token was logged out: in this process, or (with a Redis store) on
+    /// any replica.
+    async fn token_revoked(
+        &self,
+        state: &State,
+        jti: &str,
+        log: &mut RequestLog,
+    ) -> Result<bool, GatewayError> {
+        if self.shared.revoked_tokens.contains(jti) {
+            return Ok(true);
+        }
+        match state.ratelimits.marked_shared("revoked", jti).await {
+            None => Ok(false),
+            Some(Ok(revoked)) => Ok(revoked),
+            Some(Err(_)) => {
+                self.shared.metrics.ratelimit_store_errors.inc();
+                if state.ratelimits.on_store_error() == OnStoreError::Deny {
+                    log.decision = "rate_limit_store_unavailable";
+                    return Err(GatewayError::RateLimitStoreUnavailable);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The gateway's own endpoints under `tokens:`; `None` when the path is none of them.
+    async fn token_endpoint(
+        &self,
+        state: &State,
+        req: &Request<Incoming>,
+        path: &str,
+        log: &mut RequestLog,
+    ) -> Option<Result<Response<crate::proxy::ResponseBody>, GatewayError>> {
+        let issuer = state.auth.tokens()?;
+        let s = issuer.settings();
+        let json = |status: http::StatusCode, body: bytes::Bytes| {
+            let mut resp = Response::new(crate::proxy::full_body(body));
+            *resp.status_mut() = status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        };
+        if path == s.jwks_path {
+            log.decision = "jwks";
+            if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+                return Some(Err(GatewayError::MethodNotAllowed("GET, HEAD")));
+            }
+            let mut resp = json(http::StatusCode::OK, issuer.jwks());
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            );
+            return Some(Ok(resp));
+        }
+        let login = path == s.login_path;
+        if !login && path != s.logout_path {
+            return None;
+        }
+        log.decision = if login { "login" } else { "logout" };
+        if req.method() != http::Method::POST {
+            return Some(Err(GatewayError::MethodNotAllowed("POST")));
+        }
+        let presented = match auth::presented(req.headers(), &state.config.api_keys.header)
+            .and_then(|mut p| match state.auth.totp_header() {
+                Some(h) => p.read_otp(req.headers(), h).map(|()| p),
+                None => Ok(p),
+            }) {
+            Ok(p) => p,
+            Err(failure) => {
+                if let Err(wait) = self.reserve_attempt() {
+                    return Some(Err(self.guard_refused(wait, log)));
+                }
+                return Some(Err(self.auth_failed(failure, log)));
+            }
+        };
+        let (caller, token) = if presented.any() {
+            match self.authenticate(state, presented, log).await {
+                Ok(a) => (a.caller, a.token),
+                Err(e) => return Some(Err(e)),
+            }
+        } else {
+            (self.conn.caller_view(state).caller.clone(), None)
+        };
+        log.identity = caller.identity.as_deref().map(Arc::from);
+        log.roles = Arc::from(caller.roles.join(","));
+        if !login {
+            let Some(t) = token else {
+                return Some(Err(GatewayError::LogoutWithoutToken));
+            };
+            if !self.shared.revoked_tokens.revoke(&t.jti, t.exp) {
+                tracing::error!(request_id = %log.request_id, "logout refused: the in-process revocation table is full");
+                return Some(Err(GatewayError::RevocationsFull));
+            }
+            let ttl = crate::auth::tokens::remaining(t.exp);
+            if let Some(Err(_)) = state.ratelimits.mark_shared("revoked", &t.jti, ttl).await {
+                self.shared.metrics.ratelimit_store_errors.inc();
+                // This replica refuses the token from now on; others learn of it only through
+                // the store, so the caller hears that the logout is not complete.
+                log.decision = "rate_limit_store_unavailable";
+                return Some(Err(GatewayError::RateLimitStoreUnavailable));
+            }
+            tracing::info!(request_id = %log.request_id, identity = ?caller.identity, "logged out");
+            let mut resp = Response::new(crate::proxy::full_body(bytes::Bytes::new()));
+            *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            return Some(Ok(resp));
+        }
+        if token.is_some() {
+            return Some(Err(GatewayError::LoginWithToken));
+        }
+        let Some(identity) = caller.identity.as_deref() else {
+            return Some(Err(GatewayError::Denied(
+                crate::policy::Denial::Unauthenticated,
+            )));
+        };
+        if !s.login_factors.iter().all(|f| caller.factors.contains(f)) {
+            self.count_denial(log, "login_factors");
+            return Some(Err(GatewayError::LoginFactorsMissing));
+        }
+        let factors: Vec<&str> = caller.factors.iter().map(|f| f.as_str()).collect();
+        let (token, expires_in) = match issuer.issue(
+            identity,
+            &caller.principals,
+            &factors,
+            self.conn.cert(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(request_id = %log.request_id, error = %e, "login token not issued");
+                return Some(Err(GatewayError::TokenNotIssued));
+            }
+        };
+        tracing::info!(request_id = %log.request_id, identity = %identity, factors = %factors.join(","), "logged in");
+        let body = serde_json::json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+        });
+        let mut resp = json(http::StatusCode::OK, bytes::Bytes::from(body.to_string()));
+        // RFC 6749 §5.1: token responses are never cached.
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Some(Ok(resp))
     }
 
     /// The `totp` factor: the code must be the current one of a principal the other
@@ -863,6 +1042,15 @@ impl GatewayService {
             .inc();
         log.decision = reason;
     }
+}
+
+/// What a request's presented credentials proved.
+struct Authenticated {
+    caller: Caller,
+    /// Claims of an identity provider's JWT.
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Claims of this gateway's own login token.
+    token: Option<crate::auth::tokens::TokenClaims>,
 }
 
 /// The service's error: the connection's certificate is no longer trusted, so the request

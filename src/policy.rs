@@ -35,6 +35,8 @@ pub enum Factor {
     Basic,
     /// The current one-time code (RFC 6238) of a principal another credential identified.
     Totp,
+    /// A login token this gateway issued (its `amr` factors come with it).
+    Token,
 }
 
 impl Factor {
@@ -46,6 +48,7 @@ impl Factor {
             Factor::Jwt => "jwt",
             Factor::Basic => "basic",
             Factor::Totp => "totp",
+            Factor::Token => "token",
         }
     }
 
@@ -57,6 +60,7 @@ impl Factor {
             "jwt" => Factor::Jwt,
             "basic" => Factor::Basic,
             "totp" => Factor::Totp,
+            "token" => Factor::Token,
             _ => return None,
         })
     }
@@ -73,6 +77,8 @@ pub struct Verified<'a> {
     pub jwt: Option<&'a Map<String, Value>>,
     /// Index of the principal whose Basic credentials were presented.
     pub basic: Option<usize>,
+    /// Claims of a verified login token of this gateway.
+    pub token: Option<&'a crate::auth::tokens::TokenClaims>,
 }
 
 /// Who the caller is, as far as its verified credentials say.
@@ -213,9 +219,28 @@ impl Policy {
             factors.push(Factor::Basic);
             grant(p);
         }
+        if let Some(t) = v.token {
+            // The principals the caller was at login, as the current configuration has them:
+            // a principal or role removed since is gone at once.
+            factors.push(Factor::Token);
+            for p in &self.principals {
+                if t.prn.contains(&p.name) {
+                    grant(p);
+                }
+            }
+            factors.extend(
+                t.amr
+                    .iter()
+                    .filter_map(|f| Factor::from_name(f))
+                    .filter(|f| *f != Factor::Token),
+            );
+            factors.sort_unstable();
+            factors.dedup();
+        }
         let identity = v
             .cert
             .map(|c| (c.identity().to_owned(), Factor::Certificate))
+            .or_else(|| v.token.map(|t| (t.sub.clone(), Factor::Token)))
             .or_else(|| {
                 v.jwt
                     .and_then(|c| c.get("sub"))

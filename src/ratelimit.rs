@@ -300,6 +300,31 @@ impl RateLimits {
         }
     }
 
+    /// Marks `name` in the shared store for `ttl`; `None` when the store is in process.
+    pub async fn mark_shared(
+        &self,
+        kind: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Option<Result<(), StoreUnavailable>> {
+        match &self.redis {
+            Some(redis) => Some(redis.mark(kind, name, ttl).await),
+            None => None,
+        }
+    }
+
+    /// Whether `name` is marked in the shared store; `None` when the store is in process.
+    pub async fn marked_shared(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Option<Result<bool, StoreUnavailable>> {
+        match &self.redis {
+            Some(redis) => Some(redis.marked(kind, name).await),
+            None => None,
+        }
+    }
+
     /// Forgets keys whose budget is full again; run on a timer.
     pub fn prune(&self) {
         for l in self.local.values() {

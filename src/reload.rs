@@ -166,6 +166,11 @@ pub fn watched_files(path: &Path, config: Option<&crate::config::Config>) -> Vec
                 .flatten()
                 .map(|f| f.path.clone()),
         );
+        files.extend(c.principals.iter().filter_map(|p| match &p.totp {
+            Some(crate::config::TotpSource::File(f)) => Some(f.path.clone()),
+            _ => None,
+        }));
+        files.extend(c.tokens.iter().map(|t| t.signing_key.path.clone()));
         if let Some(jwt) = &c.jwt {
             if let Some(crate::config::JwksSource::File(f)) = &jwt.jwks {
                 files.push(f.path.clone());

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub jwt: Option<Sp<RawJwt>>,
     pub basic: Option<Sp<RawBasic>>,
     pub totp: Option<Sp<RawTotp>>,
+    pub tokens: Option<Sp<RawTokens>>,
     pub rate_limits: Option<Sp<RawRateLimits>>,
     pub forward: Option<Sp<RawForward>>,
     pub limits: Option<Sp<RawLimits>>,
@@ -170,6 +171,19 @@ pub struct RawPrincipal {
 pub struct RawPrincipalTotp {
     pub secret: Option<Sp<String>>,
     pub secret_file: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub signing_key: Option<Sp<String>>,
+    pub login_path: Option<Sp<String>>,
+    pub login_factors: Option<Sp<Vec<Sp<String>>>>,
+    pub logout_path: Option<Sp<String>>,
+    pub jwks_path: Option<Sp<String>>,
+    pub ttl: Option<Sp<String>>,
+    pub audience: Option<Sp<String>>,
+    pub issuer: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,8 +19,8 @@ use super::{
     Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
     LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathCase, PathParameters, Pos,
     Principal, PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings,
-    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, TotpSettings, TotpSource,
-    UnderscoreHeaders, UpstreamSettings,
+    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, TokenSettings, TotpSettings,
+    TotpSource, UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -399,6 +399,10 @@ impl Resolver {
                 None => "portcullis".to_owned(),
             },
         };
+        let tokens = match &raw.tokens {
+            Some(t) => Some(self.tokens(t, &principals)?),
+            None => None,
+        };
         let auth_failures = self.auth_failures(raw.rate_limits.as_ref())?;
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref())?;
         let tests = match &raw.tests {
@@ -417,6 +421,7 @@ impl Resolver {
             jwt,
             basic,
             totp: totp?,
+            tokens,
             auth_failures,
             rate_limits,
             warnings: Vec::new(),
@@ -1566,6 +1571,131 @@ impl Resolver {
                 None
             }
         }
+    }
+
+    /// `tokens:`: the login, logout and JWKS paths, the key, and what a login must prove.
+    fn tokens(
+        &mut self,
+        sp: &Sp<raw::RawTokens>,
+        principals: &[Principal],
+    ) -> Option<TokenSettings> {
+        let t = &sp.value;
+        let signing_key = match &t.signing_key {
+            Some(k) => self.file(k, "tokens.signing_key"),
+            None => {
+                self.p.push(
+                    pos(sp),
+                    "tokens.signing_key",
+                    "missing: a PKCS#8 PEM key, P-256 or Ed25519 (openssl genpkey -algorithm ed25519 -out token-signing.key)",
+                );
+                None
+            }
+        };
+        let mut path = |v: Option<&Sp<String>>, key: &str, default: &str| -> Option<String> {
+            let Some(v) = v else {
+                return Some(default.to_owned());
+            };
+            let s = self.string(v, key)?;
+            match crate::policy::normalize_path(&s) {
+                Ok(n) if n == s => Some(s),
+                _ => {
+                    self.p.push(
+                        pos(v),
+                        key,
+                        format!("{s:?} is not a normalized absolute path such as /auth/login"),
+                    );
+                    None
+                }
+            }
+        };
+        let login_path = path(t.login_path.as_ref(), "tokens.login_path", "/auth/login");
+        let logout_path = path(t.logout_path.as_ref(), "tokens.logout_path", "/auth/logout");
+        let jwks_path = path(
+            t.jwks_path.as_ref(),
+            "tokens.jwks_path",
+            "/.well-known/jwks.json",
+        );
+        if let (Some(a), Some(b), Some(c)) = (&login_path, &logout_path, &jwks_path)
+            && (a == b || a == c || b == c)
+        {
+            self.p.push(
+                pos(sp),
+                "tokens",
+                "login_path, logout_path and jwks_path must differ",
+            );
+        }
+        let mut login_factors = Vec::new();
+        match &t.login_factors {
+            Some(list) => {
+                for (name, p) in self.strings(list, "tokens.login_factors") {
+                    match Factor::from_name(&name) {
+                        Some(Factor::Token) => self.p.push(
+                            p,
+                            "tokens.login_factors",
+                            "a login proves credentials, not a token (a token minting tokens would never expire)",
+                        ),
+                        Some(f) if !login_factors.contains(&f) => login_factors.push(f),
+                        Some(_) => {}
+                        None => self.p.push(
+                            p,
+                            "tokens.login_factors",
+                            format!("expected certificate, api_key, jwt, basic or totp, got {name:?}"),
+                        ),
+                    }
+                }
+                if login_factors.is_empty() {
+                    self.p.push(
+                        pos(list),
+                        "tokens.login_factors",
+                        "name at least one factor, e.g. [basic, totp]",
+                    );
+                }
+            }
+            None => self.p.push(
+                pos(sp),
+                "tokens.login_factors",
+                "missing: the factors a login must prove, e.g. [basic, totp]",
+            ),
+        }
+        if login_factors.contains(&Factor::Totp) && !principals.iter().any(|p| p.totp.is_some()) {
+            self.warn(
+                pos(sp),
+                "tokens.login_factors",
+                "totp is required to log in, but no principal has a totp secret: nobody can log in",
+            );
+        }
+        let ttl = self.duration(t.ttl.as_ref(), "tokens.ttl", Duration::from_secs(15 * 60));
+        let ttl = match (ttl, &t.ttl) {
+            (Some(d), Some(v))
+                if d > Duration::from_secs(24 * 3600) || d < Duration::from_secs(10) =>
+            {
+                self.p.push(
+                    pos(v),
+                    "tokens.ttl",
+                    "expected 10s to 24h (a login token is short-lived; 15m is usual)",
+                );
+                None
+            }
+            (d, _) => d,
+        };
+        let audience = match &t.audience {
+            Some(v) => self.string(v, "tokens.audience"),
+            None => Some("portcullis".to_owned()),
+        };
+        let issuer = match &t.issuer {
+            Some(v) => self.string(v, "tokens.issuer"),
+            None => Some("portcullis".to_owned()),
+        };
+        Some(TokenSettings {
+            signing_key: signing_key?,
+            login_path: login_path?,
+            login_factors,
+            logout_path: logout_path?,
+            jwks_path: jwks_path?,
+            ttl: ttl?,
+            audience: audience?,
+            issuer: issuer?,
+        })
     }
 
     /// `totp:`: the header codes arrive in and how they are computed.

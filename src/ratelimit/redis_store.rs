@@ -460,11 +460,7 @@ impl RedisStore {
         value: u64,
         ttl: Duration,
     ) -> Result<bool, StoreUnavailable> {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(StoreUnavailable);
-        }
-        let mut key = String::new();
-        self.bucket_name(&mut key, kind, name);
+        let key = self.key_for(kind, name)?;
         let mut conn = self.connection().await?;
         let call = async {
             let mut inv = self.advance.prepare_invoke();
@@ -478,6 +474,56 @@ impl RedisStore {
             Ok(Err(e)) => Err(self.failed(&e.to_string())),
             Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
         }
+    }
+
+    /// Sets `{prefix}{kind}:{hash of name}` for `ttl` (a revoked token id).
+    ///
+    /// # Errors
+    /// [`StoreUnavailable`] when Redis is down or slower than `store_timeout`.
+    pub async fn mark(
+        &self,
+        kind: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreUnavailable> {
+        let key = self.key_for(kind, name)?;
+        let mut conn = self.connection().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(1).arg("PX").arg(ms);
+        let call = cmd.query_async::<()>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
+        }
+    }
+
+    /// Whether [`RedisStore::mark`] set `kind`/`name` and it has not expired.
+    ///
+    /// # Errors
+    /// [`StoreUnavailable`] when Redis is down or slower than `store_timeout`.
+    pub async fn marked(&self, kind: &str, name: &str) -> Result<bool, StoreUnavailable> {
+        let key = self.key_for(kind, name)?;
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&key);
+        let call = cmd.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer within rate_limits.store_timeout")),
+        }
+    }
+
+    /// The key for `kind`/`name`, or at once an error while the store is known to be down.
+    fn key_for(&self, kind: &str, name: &str) -> Result<String, StoreUnavailable> {
+        if self.down.load(Ordering::Relaxed) {
+            return Err(StoreUnavailable);
+        }
+        let mut key = String::new();
+        self.bucket_name(&mut key, kind, name);
+        Ok(key)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreUnavailable> {

@@ -16,6 +16,7 @@ mod mtls;
 mod policy;
 mod proxy;
 mod ratelimit;
+mod tokens;
 mod totp;
 
 /// The policy most tests use: ops (admin + reader), readers, an open health route.

@@ -362,6 +362,8 @@ pub struct TestRequest {
     pub basic_user: Option<String>,
     /// The caller also sends its principal's current one-time code.
     pub totp: bool,
+    /// The caller presents a login token of this gateway with these claims.
+    pub token: Option<crate::auth::tokens::TokenClaims>,
     /// Source address (default 127.0.0.1).
     pub source_ip: std::net::IpAddr,
     /// Request headers.

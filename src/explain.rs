@@ -159,7 +159,30 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
             }
         }
     }
-    let claims = match &req.bearer {
+    let gateway_token = match (&req.bearer, authn.tokens()) {
+        (Some(token), Some(issuer)) if issuer.is_ours(token) => {
+            match issuer.verify(token, cert.as_ref()) {
+                Ok(c) => {
+                    presented.push(format!(
+                        "token (this gateway's, for {}, login factors {}; explain cannot see \
+                         whether it was logged out)",
+                        c.sub,
+                        c.amr.join(", ")
+                    ));
+                    Some(c)
+                }
+                Err(e) => {
+                    refuse(&mut out, "token", &e);
+                    return Ok(Explanation {
+                        text: out,
+                        allowed: false,
+                    });
+                }
+            }
+        }
+        _ => None,
+    };
+    let claims = match req.bearer.as_ref().filter(|_| gateway_token.is_none()) {
         Some(token) => match authn.verify_jwt(token, cert.as_ref()) {
             Ok(c) => {
                 presented.push("jwt".to_owned());
@@ -192,6 +215,7 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
         }
     }
     verified.jwt = claims.as_ref();
+    verified.token = gateway_token.as_ref();
     let mut caller = policy.identify(&verified);
     if let Some(code) = &req.otp {
         // Checked like the gateway checks it, but not recorded: the code stays usable.
@@ -388,7 +412,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         api_key,
         jwt: claims.as_ref(),
         basic,
-        token: None,
+        token: r.token.as_ref(),
     };
     let mut caller = policy.identify(&verified);
     let name = t.name.clone();

@@ -110,8 +110,17 @@ pub struct RawTestRequest {
     pub jwt: Option<Sp<BTreeMap<String, serde_json::Value>>>,
     pub basic_user: Option<Sp<String>>,
     pub totp: Option<Sp<bool>>,
+    pub token: Option<Sp<RawTestToken>>,
     pub source_ip: Option<Sp<String>>,
     pub headers: Option<Sp<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestToken {
+    pub sub: Option<Sp<String>>,
+    pub principals: Option<Sp<Vec<Sp<String>>>>,
+    pub amr: Option<Sp<Vec<Sp<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

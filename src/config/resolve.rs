@@ -1061,8 +1061,67 @@ impl Resolver {
             jwt,
             basic_user,
             totp: r.totp.as_ref().is_some_and(|t| t.value),
+            token: match &r.token {
+                Some(t) => Some(self.test_token(t, &format!("{key}.token"), principals)?),
+                None => None,
+            },
             source_ip,
             headers,
+        })
+    }
+
+    /// `tests[].request.token`: a login token's claims, as the gateway would have issued them.
+    fn test_token(
+        &mut self,
+        sp: &Sp<raw::RawTestToken>,
+        key: &str,
+        principals: &[Principal],
+    ) -> Option<crate::auth::tokens::TokenClaims> {
+        let t = &sp.value;
+        let prn: Vec<String> = match &t.principals {
+            Some(list) => self
+                .strings(list, &format!("{key}.principals"))
+                .into_iter()
+                .map(|(name, p)| {
+                    if !principals.iter().any(|q| q.name == name) {
+                        self.p.push(
+                            p,
+                            format!("{key}.principals"),
+                            format!("no principal is named {name:?}"),
+                        );
+                    }
+                    name
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut amr = Vec::new();
+        if let Some(list) = &t.amr {
+            for (name, p) in self.strings(list, &format!("{key}.amr")) {
+                match Factor::from_name(&name) {
+                    Some(f) if f != Factor::Token => amr.push(name),
+                    _ => self.p.push(
+                        p,
+                        format!("{key}.amr"),
+                        format!("expected login factors such as basic or totp, got {name:?}"),
+                    ),
+                }
+            }
+        }
+        let sub = match &t.sub {
+            Some(s) => self.string(s, &format!("{key}.sub"))?,
+            None => prn.first().cloned().unwrap_or_default(),
+        };
+        Some(crate::auth::tokens::TokenClaims {
+            iss: String::new(),
+            aud: String::new(),
+            sub,
+            exp: 0,
+            iat: 0,
+            jti: String::new(),
+            prn,
+            amr,
+            cnf: None,
         })
     }
 
@@ -2230,7 +2289,7 @@ impl Resolver {
                                 p,
                                 format!("{key}.factors"),
                                 format!(
-                                    "expected certificate, api_key, jwt, basic or totp, got {name:?}"
+                                    "expected certificate, api_key, jwt, basic, totp or token, got {name:?}"
                                 ),
                             ),
                         }

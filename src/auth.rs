@@ -10,6 +10,7 @@
 
 pub mod guard;
 pub mod jwt;
+pub mod oauth;
 pub mod tokens;
 pub mod totp;
 
@@ -184,6 +185,7 @@ pub struct Authenticator {
     totp: std::collections::HashMap<String, totp::Totp>,
     totp_header: Option<HeaderName>,
     tokens: Option<tokens::TokenIssuer>,
+    oauth: Option<oauth::Introspector>,
     argon2_slots: Arc<tokio::sync::Semaphore>,
     client_slots: ClientSlots,
     challenges: Vec<http::HeaderValue>,
@@ -270,9 +272,27 @@ impl Authenticator {
             },
             None => None,
         };
+        let introspector = match &config.oauth {
+            Some(o) => match oauth::Introspector::new(o) {
+                Ok(i) => Some(i),
+                Err(m) => {
+                    let (pos, key) = o.ca.as_ref().map_or(
+                        (crate::config::Pos { line: 1, column: 1 }, "oauth.ca"),
+                        |f| (f.pos, "oauth.ca"),
+                    );
+                    let shown =
+                        o.ca.as_ref()
+                            .map(|f| f.path.display().to_string())
+                            .unwrap_or_default();
+                    problems.push(pos, key, format!("{shown}: {m}"));
+                    None
+                }
+            },
+            None => None,
+        };
         problems.into_result(())?;
         let mut challenges = Vec::new();
-        if jwt.is_some() {
+        if jwt.is_some() || config.tokens.is_some() || config.oauth.is_some() {
             challenges.push(http::HeaderValue::from_static(
                 "Bearer realm=\"portcullis\"",
             ));
@@ -298,6 +318,7 @@ impl Authenticator {
             totp_header: (!totps.is_empty()).then(|| config.totp.header.clone()),
             totp: totps,
             tokens: issuer,
+            oauth: introspector,
             argon2_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
             client_slots: ClientSlots::default(),
             challenges,
@@ -323,6 +344,20 @@ impl Authenticator {
         if let (Some(new), Some(old)) = (self.tokens.as_mut(), old.tokens.as_ref()) {
             new.carry_over(old);
         }
+        if let (Some(new), Some(old)) = (self.oauth.as_mut(), old.oauth.as_ref()) {
+            new.carry_over(old);
+        }
+    }
+
+    /// The introspection client, when `oauth:` is configured.
+    pub fn oauth(&self) -> Option<&oauth::Introspector> {
+        self.oauth.as_ref()
+    }
+
+    /// Whether a bearer token is for the JWT verifier: a JWT whose algorithm is allowed and
+    /// whose key it has. Any other bearer token goes to introspection when that is set up.
+    pub fn jwt_recognizes(&self, token: &str) -> bool {
+        self.jwt.as_ref().is_some_and(|j| j.recognizes(token))
     }
 
     /// The login token issuer, when `tokens:` is configured.

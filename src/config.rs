@@ -45,6 +45,8 @@ pub struct Config {
     pub totp: TotpSettings,
     /// The gateway's own login tokens, when configured.
     pub tokens: Option<TokenSettings>,
+    /// OAuth 2.0 token introspection (RFC 7662), when configured.
+    pub oauth: Option<OauthSettings>,
     /// The brute-force guard on failed authentications.
     pub auth_failures: AuthFailureLimit,
     /// Where rate-limit state lives and what happens when it cannot be reached.
@@ -180,6 +182,23 @@ pub struct Principal {
     pub totp: Option<TotpSource>,
 }
 
+/// `oauth:`: opaque bearer tokens checked at the identity provider (RFC 7662).
+#[derive(Clone, Debug)]
+pub struct OauthSettings {
+    /// The introspection endpoint: https, or http on a loopback address.
+    pub introspection_url: Uri,
+    /// The gateway's client id at the identity provider (client_secret_basic).
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: Secret,
+    /// Trust anchors for the identity provider, beside the system roots.
+    pub ca: Option<FileRef>,
+    /// Active results are kept at most this long (and never past their `exp`).
+    pub cache: Duration,
+    /// Deadline for one introspection call.
+    pub timeout: Duration,
+}
+
 /// `tokens:`: the gateway as the issuer of short-lived login tokens.
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
@@ -249,6 +268,15 @@ pub enum PrincipalMatcher {
         user: String,
         /// PHC string `$argon2id$v=19$...`.
         argon2: String,
+    },
+    /// An active OAuth 2.0 token, as introspection describes it.
+    Oauth {
+        /// Glob on the token's `client_id`.
+        client_id: Option<Glob>,
+        /// Glob on the token's `sub`.
+        sub: Option<Glob>,
+        /// Scopes the token must all have.
+        scopes: Vec<String>,
     },
 }
 

@@ -47,6 +47,8 @@ pub enum GatewayError {
     RevocationsFull,
     /// The token could not be signed.
     TokenNotIssued,
+    /// The identity provider could not be asked about a bearer token.
+    IdpUnavailable,
 }
 
 impl GatewayError {
@@ -65,9 +67,9 @@ impl GatewayError {
             GatewayError::TooManyAuthFailures(_) | GatewayError::RateLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            GatewayError::RateLimitStoreUnavailable | GatewayError::RevocationsFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::RateLimitStoreUnavailable
+            | GatewayError::RevocationsFull
+            | GatewayError::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::LoginFactorsMissing | GatewayError::LoginWithToken => {
                 StatusCode::FORBIDDEN
@@ -106,6 +108,7 @@ impl GatewayError {
             GatewayError::LogoutWithoutToken => "logout needs a gateway token",
             GatewayError::RevocationsFull => "too many revoked tokens",
             GatewayError::TokenNotIssued => "token not issued",
+            GatewayError::IdpUnavailable => "identity provider unavailable",
         }
     }
 

@@ -125,6 +125,15 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> anyhow::Result<Explanat
         );
     }
     let authn = Authenticator::new(config)?;
+    if let Some(token) = &req.bearer
+        && config.oauth.is_some()
+        && !authn.tokens().is_some_and(|t| t.is_ours(token))
+        && !authn.jwt_recognizes(token)
+    {
+        anyhow::bail!(
+            "this bearer token would be introspected at oauth.introspection_url, and explain does no network I/O"
+        );
+    }
     let policy = Policy::new(config);
     let mut verified = Verified {
         cert: cert.as_ref(),
@@ -413,6 +422,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         jwt: claims.as_ref(),
         basic,
         token: r.token.as_ref(),
+        oauth: None,
     };
     let mut caller = policy.identify(&verified);
     let name = t.name.clone();

@@ -778,6 +778,7 @@ impl GatewayService {
         }
         let mut claims = None;
         let mut token_claims = None;
+        let mut introspected = None;
         if let Some(token) = &presented.bearer {
             // A token naming one of this gateway's keys is its own login token; any other
             // bearer token is the identity provider's.
@@ -794,9 +795,30 @@ impl GatewayService {
                     }
                     token_claims = Some(c);
                 }
-                None => match state.auth.verify_jwt(token, cert) {
-                    Ok(c) => claims = Some(c),
-                    Err(f) => return Err(self.auth_failed(f, log)),
+                None => match state.auth.oauth() {
+                    // Not a JWT the gateway can check itself: the identity provider decides.
+                    Some(idp) if !state.auth.jwt_recognizes(token) => {
+                        match idp.introspect(token).await {
+                            Ok(answer) if answer.active => introspected = Some(answer),
+                            Ok(_) => {
+                                return Err(self.auth_failed(
+                                    AuthFailure::BadToken("inactive (introspection)".to_owned()),
+                                    log,
+                                ));
+                            }
+                            Err(e) => {
+                                // Not the caller's failure: the reserved attempt goes back.
+                                self.shared.auth_guard.load().refund(ip, Instant::now());
+                                tracing::warn!(request_id = %log.request_id, error = %e.0, "token introspection failed");
+                                log.decision = "idp_unavailable";
+                                return Err(GatewayError::IdpUnavailable);
+                            }
+                        }
+                    }
+                    _ => match state.auth.verify_jwt(token, cert) {
+                        Ok(c) => claims = Some(c),
+                        Err(f) => return Err(self.auth_failed(f, log)),
+                    },
                 },
             }
         }
@@ -811,6 +833,7 @@ impl GatewayService {
         }
         verified.jwt = claims.as_ref();
         verified.token = token_claims.as_ref();
+        verified.oauth = introspected.as_deref();
         let mut caller = state.policy.identify(&verified);
         if let Some(code) = &presented.otp {
             self.verify_otp(state, &mut caller, code, log).await?;

@@ -37,6 +37,8 @@ pub enum Factor {
     Totp,
     /// A login token this gateway issued (its `amr` factors come with it).
     Token,
+    /// An opaque OAuth 2.0 token the identity provider called active (introspection).
+    Oauth,
 }
 
 impl Factor {
@@ -49,6 +51,7 @@ impl Factor {
             Factor::Basic => "basic",
             Factor::Totp => "totp",
             Factor::Token => "token",
+            Factor::Oauth => "oauth",
         }
     }
 
@@ -61,6 +64,7 @@ impl Factor {
             "basic" => Factor::Basic,
             "totp" => Factor::Totp,
             "token" => Factor::Token,
+            "oauth" => Factor::Oauth,
             _ => return None,
         })
     }
@@ -79,6 +83,8 @@ pub struct Verified<'a> {
     pub basic: Option<usize>,
     /// Claims of a verified login token of this gateway.
     pub token: Option<&'a crate::auth::tokens::TokenClaims>,
+    /// An active introspected OAuth token.
+    pub oauth: Option<&'a crate::auth::oauth::Introspection>,
 }
 
 /// Who the caller is, as far as its verified credentials say.
@@ -219,6 +225,29 @@ impl Policy {
             factors.push(Factor::Basic);
             grant(p);
         }
+        if let Some(o) = v.oauth {
+            factors.push(Factor::Oauth);
+            for p in &self.principals {
+                if let PrincipalMatcher::Oauth {
+                    client_id,
+                    sub,
+                    scopes,
+                } = &p.matcher
+                {
+                    let glob = |g: &Option<Glob>, v: &Option<String>| {
+                        g.as_ref()
+                            .is_none_or(|g| v.as_deref().is_some_and(|v| g.is_match(v)))
+                    };
+                    if glob(client_id, &o.client_id)
+                        && glob(sub, &o.sub)
+                        && scopes.iter().all(|s| o.scopes.contains(s))
+                    {
+                        grant(p);
+                    }
+                }
+            }
+            factors.sort_unstable();
+        }
         if let Some(t) = v.token {
             // The principals the caller was at login, as the current configuration has them:
             // a principal or role removed since is gone at once.
@@ -241,6 +270,14 @@ impl Policy {
             .cert
             .map(|c| (c.identity().to_owned(), Factor::Certificate))
             .or_else(|| v.token.map(|t| (t.sub.clone(), Factor::Token)))
+            .or_else(|| {
+                v.oauth.and_then(|o| {
+                    o.sub
+                        .clone()
+                        .or_else(|| o.client_id.clone())
+                        .map(|s| (s, Factor::Oauth))
+                })
+            })
             .or_else(|| {
                 v.jwt
                     .and_then(|c| c.get("sub"))

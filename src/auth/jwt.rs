@@ -200,6 +200,27 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// [`AuthFailure::BadToken`] with the reason, for the log.
+    /// Whether `token` is a JWT this verifier would check: its header parses, its algorithm
+    /// is allowed, and a key for it is configured (the JWKS has its kid, or `hmac_secret`).
+    pub fn recognizes(&self, token: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return false;
+        };
+        if !self.settings.algorithms.contains(&header.alg) {
+            return false;
+        }
+        match family_of(header.alg) {
+            None => self.hmac.is_some(),
+            Some(_) => {
+                let keys = self.keys.load();
+                match &header.kid {
+                    Some(kid) => keys.by_kid.contains_key(kid),
+                    None => !keys.all.is_empty(),
+                }
+            }
+        }
+    }
+
     pub fn verify(
         &self,
         token: &str,

@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub basic: Option<Sp<RawBasic>>,
     pub totp: Option<Sp<RawTotp>>,
     pub tokens: Option<Sp<RawTokens>>,
+    pub oauth: Option<Sp<RawOauth>>,
     pub rate_limits: Option<Sp<RawRateLimits>>,
     pub forward: Option<Sp<RawForward>>,
     pub limits: Option<Sp<RawLimits>>,
@@ -173,6 +174,26 @@ pub struct RawPrincipal {
     pub basic: Option<Sp<RawBasicMatch>>,
     pub roles: Option<Sp<Vec<Sp<String>>>>,
     pub totp: Option<Sp<RawPrincipalTotp>>,
+    pub oauth: Option<Sp<RawOauthMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOauthMatch {
+    pub client_id: Option<Sp<String>>,
+    pub sub: Option<Sp<String>>,
+    pub scope: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOauth {
+    pub introspection_url: Option<Sp<String>>,
+    pub client_id: Option<Sp<String>>,
+    pub client_secret: Option<Sp<String>>,
+    pub ca: Option<Sp<String>>,
+    pub cache: Option<Sp<String>>,
+    pub timeout: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,10 +17,10 @@ use super::{
     AdminSettings, Allow, AllowRules, ApiKeySettings, AuthFailureLimit, BasicSettings, CertField,
     CertFormat, CertMatcher, ClaimTest, ClientAuth, Condition, Config, ConfigErrors, CrlExpired,
     Expectation, FileRef, ForwardSettings, Glob, JwksSource, JwtSettings, LimitKey, LimitSpec,
-    LimitStore, Limits, LogFormat, LoggingSettings, OnStoreError, PathCase, PathParameters, Pos,
-    Principal, PrincipalMatcher, Problems, RateLimitSettings, RedisTls, RouteMatch, RouteSettings,
-    Secret, TestCase, TestRequest, TlsSettings, TlsVersion, TokenSettings, TotpSettings,
-    TotpSource, UnderscoreHeaders, UpstreamSettings,
+    LimitStore, Limits, LogFormat, LoggingSettings, OauthSettings, OnStoreError, PathCase,
+    PathParameters, Pos, Principal, PrincipalMatcher, Problems, RateLimitSettings, RedisTls,
+    RouteMatch, RouteSettings, Secret, TestCase, TestRequest, TlsSettings, TlsVersion,
+    TokenSettings, TotpSettings, TotpSource, UnderscoreHeaders, UpstreamSettings,
 };
 use crate::policy::Factor;
 
@@ -399,6 +399,21 @@ impl Resolver {
                 None => "portcullis".to_owned(),
             },
         };
+        let oauth = match &raw.oauth {
+            Some(o) => Some(self.oauth(o)?),
+            None => None,
+        };
+        if oauth.is_none()
+            && let Some(p) = principals
+                .iter()
+                .find(|p| matches!(p.matcher, PrincipalMatcher::Oauth { .. }))
+        {
+            self.p.push(
+                Pos { line: 1, column: 1 },
+                "oauth",
+                format!("principal {:?} matches introspected OAuth tokens, but there is no oauth: section with an introspection_url", p.name),
+            );
+        }
         let tokens = match &raw.tokens {
             Some(t) => Some(self.tokens(t, &principals)?),
             None => None,
@@ -422,6 +437,7 @@ impl Resolver {
             basic,
             totp: totp?,
             tokens,
+            oauth,
             auth_failures,
             rate_limits,
             warnings: Vec::new(),
@@ -1632,6 +1648,87 @@ impl Resolver {
         }
     }
 
+    /// `oauth:`: where and as whom the gateway introspects tokens.
+    fn oauth(&mut self, sp: &Sp<raw::RawOauth>) -> Option<OauthSettings> {
+        let o = &sp.value;
+        let url = match &o.introspection_url {
+            Some(v) => {
+                let text = self.string(v, "oauth.introspection_url")?;
+                let parsed = text.parse::<Uri>().ok().filter(|u| u.host().is_some());
+                let loopback = |u: &Uri| {
+                    u.host().is_some_and(|h| {
+                        h == "localhost"
+                            || h.trim_matches(['[', ']'])
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    })
+                };
+                match parsed {
+                    Some(u) if u.scheme_str() == Some("https") => Some(u),
+                    Some(u) if u.scheme_str() == Some("http") && loopback(&u) => Some(u),
+                    Some(_) => {
+                        self.p.push(pos(v), "oauth.introspection_url", "must use https (http only on a loopback address): the client secret and tokens travel in it");
+                        None
+                    }
+                    None => {
+                        self.p.push(
+                            pos(v),
+                            "oauth.introspection_url",
+                            format!("{text:?} is not a valid URL"),
+                        );
+                        None
+                    }
+                }
+            }
+            None => {
+                self.p.push(
+                    pos(sp),
+                    "oauth.introspection_url",
+                    "missing: the identity provider's RFC 7662 endpoint",
+                );
+                None
+            }
+        };
+        let client_id = match &o.client_id {
+            Some(v) => self.string(v, "oauth.client_id"),
+            None => {
+                self.p.push(
+                    pos(sp),
+                    "oauth.client_id",
+                    "missing: the gateway's client id at the identity provider",
+                );
+                None
+            }
+        };
+        let client_secret = match &o.client_secret {
+            Some(v) => self
+                .string(v, "oauth.client_secret")
+                .map(|s| Secret(s.into_bytes())),
+            None => {
+                self.p.push(
+                    pos(sp),
+                    "oauth.client_secret",
+                    "missing: write it as \"${INTROSPECTION_SECRET}\"",
+                );
+                None
+            }
+        };
+        let ca = match &o.ca {
+            Some(v) => Some(self.file(v, "oauth.ca")?),
+            None => None,
+        };
+        let cache = self.duration(o.cache.as_ref(), "oauth.cache", Duration::from_secs(60));
+        let timeout = self.duration(o.timeout.as_ref(), "oauth.timeout", Duration::from_secs(2));
+        Some(OauthSettings {
+            introspection_url: url?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            ca,
+            cache: cache?,
+            timeout: timeout?,
+        })
+    }
+
     /// `tokens:`: the login, logout and JWKS paths, the key, and what a login must prove.
     fn tokens(
         &mut self,
@@ -1820,6 +1917,7 @@ impl Resolver {
             p.api_key.is_some(),
             p.jwt.is_some(),
             p.basic.is_some(),
+            p.oauth.is_some(),
         ];
         match given.iter().filter(|g| **g).count() {
             1 => {}
@@ -1827,7 +1925,7 @@ impl Resolver {
                 self.p.push(
                     pos(sp),
                     key,
-                    "expected one credential matcher: cert, api_key, jwt or basic",
+                    "expected one credential matcher: cert, api_key, jwt, basic or oauth",
                 );
                 return None;
             }
@@ -1835,7 +1933,7 @@ impl Resolver {
                 self.p.push(
                     pos(sp),
                     key,
-                    "one principal takes one credential matcher (cert, api_key, jwt or basic); \
+                    "one principal takes one credential matcher (cert, api_key, jwt, basic or oauth); \
                      to demand several credentials at once use allow.factors on the route",
                 );
                 return None;
@@ -1894,6 +1992,42 @@ impl Resolver {
                 None => None,
             };
             return Some(PrincipalMatcher::ApiKey { sha256, expires });
+        }
+        if let Some(o) = &p.oauth {
+            let k = format!("{key}.oauth");
+            let o_ = &o.value;
+            let client_id = match &o_.client_id {
+                Some(v) => Some(Glob::new(
+                    &self.string(v, &format!("{k}.client_id"))?,
+                    false,
+                )),
+                None => None,
+            };
+            let sub = match &o_.sub {
+                Some(v) => Some(Glob::new(&self.string(v, &format!("{k}.sub"))?, false)),
+                None => None,
+            };
+            let scopes: Vec<String> = match &o_.scope {
+                Some(v) => self
+                    .string(v, &format!("{k}.scope"))?
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if client_id.is_none() && sub.is_none() && scopes.is_empty() {
+                self.p.push(
+                    pos(o),
+                    &k,
+                    "expected client_id, sub or scope: an empty matcher would take every active token",
+                );
+                return None;
+            }
+            return Some(PrincipalMatcher::Oauth {
+                client_id,
+                sub,
+                scopes,
+            });
         }
         if let Some(j) = &p.jwt {
             let k = format!("{key}.jwt");

@@ -13,6 +13,7 @@ mod http2;
 mod lifecycle;
 mod limits;
 mod mtls;
+mod oauth;
 mod policy;
 mod proxy;
 mod python;

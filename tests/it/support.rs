@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod idp;
 pub mod jwt;
 pub mod otp;
 pub mod pki;

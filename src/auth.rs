@@ -247,7 +247,15 @@ impl Authenticator {
                         }
                     },
                     Err(e) => {
-                        problems.push(f.pos, &f.key, crate::config::read_error(&f.path, &e));
+                        problems.push(
+                            f.pos,
+                            &f.key,
+                            format!(
+                                "{}: {}",
+                                f.path.display(),
+                                crate::config::read_error(&f.path, &e)
+                            ),
+                        );
                         continue;
                     }
                 },
@@ -266,7 +274,15 @@ impl Authenticator {
                 },
                 Err(e) => {
                     let f = &t.signing_key;
-                    problems.push(f.pos, &f.key, crate::config::read_error(&f.path, &e));
+                    problems.push(
+                        f.pos,
+                        &f.key,
+                        format!(
+                            "{}: {}",
+                            f.path.display(),
+                            crate::config::read_error(&f.path, &e)
+                        ),
+                    );
                     None
                 }
             },

@@ -146,6 +146,21 @@ pub enum TotpCommand {
         #[arg(long, default_value = "portcullis")]
         issuer: String,
     },
+    /// Print the current code of a secret (SHA-1, 6 digits, 30 s), as an authenticator app
+    /// shows it: for scripts and trying out a setup.
+    Code {
+        /// A file holding the base32 secret.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "secret",
+            required_unless_present = "secret"
+        )]
+        secret_file: Option<PathBuf>,
+        /// The base32 secret itself (visible in the process list: prefer --secret-file).
+        #[arg(long)]
+        secret: Option<String>,
+    },
 }
 
 /// `portcullis certs ...`.

@@ -74,6 +74,27 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Passwd => passwd(),
+        Command::Totp(TotpCommand::Code {
+            secret_file,
+            secret,
+        }) => {
+            let text = match (secret_file, secret) {
+                (Some(f), _) => std::fs::read_to_string(&f)
+                    .map_err(|e| anyhow::anyhow!(crate::config::read_error(&f, &e)))?,
+                (None, Some(s)) => s,
+                (None, None) => anyhow::bail!("give --secret-file FILE or --secret BASE32"),
+            };
+            let bytes = crate::auth::totp::parse_secret(&text).map_err(anyhow::Error::msg)?;
+            let settings = crate::config::TotpSettings {
+                header: http::HeaderName::from_static("x-otp"),
+                digits: 6,
+                period: 30,
+                skew: 0,
+            };
+            let t = crate::auth::totp::Totp::new(&bytes, &settings);
+            println!("{}", t.code_at(crate::auth::totp::now_secs()));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Totp(TotpCommand::New { id, issuer }) => {
             print!(
                 "{}",
@@ -420,6 +441,14 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             for f in files {
                 println!("wrote {}", f.display());
             }
+            // The development credentials the example gateway.yaml names (API key, password,
+            // one-time-code secret, token signing key), beside the development PKI.
+            crate::demo::credentials(&dir)?;
+            println!(
+                "wrote development credentials in {} and {}",
+                dir.join("demo").display(),
+                dir.join("token-signing.key").display()
+            );
         }
         CertsCommand::Issue {
             cn,

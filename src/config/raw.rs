@@ -229,6 +229,7 @@ pub struct RawTotp {
 #[serde(deny_unknown_fields)]
 pub struct RawApiKeyMatch {
     pub sha256: Option<Sp<String>>,
+    pub sha256_file: Option<Sp<String>>,
     pub expires: Option<Sp<String>>,
 }
 
@@ -245,6 +246,7 @@ pub struct RawJwtMatch {
 pub struct RawBasicMatch {
     pub user: Option<Sp<String>>,
     pub argon2: Option<Sp<String>>,
+    pub argon2_file: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1729,6 +1729,46 @@ impl Resolver {
         })
     }
 
+    /// A value given inline (`key`) or as a file holding it (`key_file`), trimmed; exactly one.
+    /// Returns it with the position errors about it should name.
+    fn value_or_file<T>(
+        &mut self,
+        parent: &Sp<T>,
+        inline: Option<&Sp<String>>,
+        file: Option<&Sp<String>>,
+        key: &str,
+        missing: &str,
+    ) -> Option<(String, Pos)> {
+        match (inline, file) {
+            (Some(v), None) => Some((self.string(v, key)?, pos(v))),
+            (None, Some(f)) => {
+                let fkey = format!("{key}_file");
+                let f = self.file(f, &fkey)?;
+                match std::fs::read_to_string(&f.path) {
+                    Ok(text) => Some((text.trim().to_owned(), f.pos)),
+                    Err(e) => {
+                        let why = crate::config::read_error(&f.path, &e);
+                        self.p
+                            .push(f.pos, &fkey, format!("{}: {why}", f.path.display()));
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                self.p.push(
+                    pos(parent),
+                    key,
+                    format!("give {key} or {key}_file, not both"),
+                );
+                None
+            }
+            (None, None) => {
+                self.p.push(pos(parent), key, missing);
+                None
+            }
+        }
+    }
+
     /// `tokens:`: the login, logout and JWKS paths, the key, and what a login must prove.
     fn tokens(
         &mut self,
@@ -1946,21 +1986,19 @@ impl Resolver {
         }
         if let Some(a) = &p.api_key {
             let k = format!("{key}.api_key");
-            let Some(h) = &a.value.sha256 else {
-                self.p.push(
-                    pos(a),
-                    format!("{k}.sha256"),
-                    "missing: the hex SHA-256 of the key (`portcullis keys new` prints it)",
-                );
-                return None;
-            };
-            let text = self.string(h, &format!("{k}.sha256"))?;
+            let (text, h) = self.value_or_file(
+                a,
+                a.value.sha256.as_ref(),
+                a.value.sha256_file.as_ref(),
+                &format!("{k}.sha256"),
+                "missing: the hex SHA-256 of the key (`portcullis keys new` prints it), or sha256_file",
+            )?;
             let Some(sha256) = hex::decode(text.trim())
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
             else {
                 self.p.push(
-                    pos(h),
+                    h,
                     format!("{k}.sha256"),
                     "expected 64 hex digits: the SHA-256 of the key, never the key itself",
                 );
@@ -1968,7 +2006,7 @@ impl Resolver {
             };
             if !api_keys.insert(sha256) {
                 self.p.push(
-                    pos(h),
+                    h,
                     format!("{k}.sha256"),
                     "the same key hash is given to another principal",
                 );
@@ -2058,7 +2096,7 @@ impl Resolver {
         }
         if let Some(b) = &p.basic {
             let k = format!("{key}.basic");
-            let (Some(user), Some(hash)) = (&b.value.user, &b.value.argon2) else {
+            let Some(user) = &b.value.user else {
                 self.p.push(
                     pos(b),
                     &k,
@@ -2082,11 +2120,17 @@ impl Resolver {
                     format!("duplicate Basic user {user_name:?}"),
                 );
             }
-            let phc = self.string(hash, &format!("{k}.argon2"))?;
+            let (phc, hash_pos) = self.value_or_file(
+                b,
+                b.value.argon2.as_ref(),
+                b.value.argon2_file.as_ref(),
+                &format!("{k}.argon2"),
+                "missing: argon2 (`portcullis passwd` prints the hash) or argon2_file",
+            )?;
             match argon2::PasswordHash::new(&phc) {
                 Ok(h) if h.algorithm.as_str() == "argon2id" => {}
                 _ => {
-                    self.p.push(pos(hash), format!("{k}.argon2"), "expected an argon2id hash ($argon2id$v=19$...) as `portcullis passwd` prints");
+                    self.p.push(hash_pos, format!("{k}.argon2"), "expected an argon2id hash ($argon2id$v=19$...) as `portcullis passwd` prints");
                     return None;
                 }
             }

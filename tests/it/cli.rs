@@ -144,7 +144,7 @@ fn check_accepts_the_repository_example_and_reports_missing_files_at_their_key()
     let o = run(dir.path(), &["check", "-c", "gateway.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("gateway.yaml: ok (3 routes, 2 principals, 1 upstreams)"),
+        stdout(&o).contains("gateway.yaml: ok (4 routes, 4 principals, 1 upstreams)"),
         "{}",
         stdout(&o)
     );
@@ -159,6 +159,16 @@ fn check_accepts_the_repository_example_and_reports_missing_files_at_their_key()
         + 1;
     assert!(
         stderr(&o).contains(&format!("gateway.yaml:{line}:9: tls.crl[0]: ")),
+        "{}",
+        stderr(&o)
+    );
+    // A development credential file is reported at the key that names it, too.
+    std::fs::remove_file(dir.path().join("certs/demo/alice.argon2")).unwrap();
+    let o = run(dir.path(), &["check", "-c", "gateway.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("principals[3].basic.argon2_file: ")
+            && stderr(&o).contains("alice.argon2"),
         "{}",
         stderr(&o)
     );
@@ -578,29 +588,68 @@ fn demo_prints_curl_commands_that_do_what_they_say() {
     let lines = read_until(&mut out, "Press Ctrl-C", Duration::from_secs(30));
     // Keep draining stdout so the demo never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
-    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
-    assert_eq!(curls.len(), 4, "{lines:#?}");
-    let expected = ["200", "403", "200", "refused"];
-    for (cmd, want) in curls.iter().zip(expected) {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{cmd} -sS -o /dev/null -w '%{{http_code}}'"))
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let code = String::from_utf8_lossy(&o.stdout).into_owned();
-        if want == "refused" {
-            assert!(
-                !o.status.success() && code == "000",
-                "{cmd}: expected a refused handshake, got {code}"
-            );
-            // curl reads the gateway's alert, as the README shows, not a broken pipe.
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(err.contains("alert certificate required"), "{cmd}: {err}");
-        } else {
-            assert_eq!(code, want, "{cmd}\n{}", String::from_utf8_lossy(&o.stderr));
+    // Each command follows a comment that says what it gets: "# allowed (200): ...".
+    let mut steps: Vec<(String, &String)> = Vec::new();
+    let mut expect = None;
+    for l in &lines {
+        if let Some(comment) = l.strip_prefix("# ") {
+            // The first comment line carries it; a second line may have parentheses too.
+            if expect.is_none()
+                && let Some(code) = comment.split_once('(').and_then(|(_, r)| r.split_once(')'))
+            {
+                expect = Some(code.0.to_owned());
+            }
+        } else if ["curl ", "for ", "TOKEN="].iter().any(|p| l.starts_with(p)) {
+            steps.push((expect.take().expect("a comment before each command"), l));
         }
     }
+    assert_eq!(
+        steps
+            .iter()
+            .map(|(want, _)| want.as_str())
+            .collect::<Vec<_>>(),
+        ["200", "403", "200", "401", "200", "429", "200", "200"],
+        "{lines:#?}"
+    );
+    let sh = |script: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // What the login line left in $TOKEN, for the command after it.
+    let mut token = String::new();
+    for (want, cmd) in &steps {
+        let o = if cmd.starts_with("TOKEN=") {
+            let o = sh(&format!("{cmd}\nprintf %s \"$TOKEN\""));
+            token = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert_eq!(token.split('.').count(), 3, "{cmd}: a JWT, got {token:?}");
+            continue;
+        } else if cmd.starts_with("for ") {
+            sh(cmd)
+        } else {
+            sh(&format!(
+                "TOKEN='{token}'\n{cmd} -sS -o /dev/null -w '%{{http_code}}'"
+            ))
+        };
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let last = out.split_whitespace().last().unwrap_or("");
+        assert_eq!(
+            last,
+            want,
+            "{cmd}\n{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if cmd.starts_with("for ") {
+            assert!(
+                out.starts_with("200 "),
+                "the first of the loop is still allowed: {out}"
+            );
+        }
+    }
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
     // Plain HTTP to the TLS port gets the readable 400 the README shows.
     let plain = curls[3].replace("https://", "http://");
     let o = Command::new("sh")

@@ -30,9 +30,12 @@ fn setup() -> (
     let (key, _) = portcullis::auth::new_api_key("batch").unwrap();
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
     let hash = portcullis::auth::hash_password("correct horse battery staple").unwrap();
+    let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(dir.path().join("token.key"), signing.serialize_pem()).unwrap();
     let yaml = format!(
         r#"
 tls: {{ cert: s.crt, key: s.key, client_ca: ca.crt }}
+tokens: {{ signing_key: token.key, login_factors: [basic] }}
 upstreams: {{ app: {{ url: "http://127.0.0.1:1" }} }}
 jwt: {{ issuer: https://idp, audiences: [gw], jwks: jwks.json, algorithms: [ES256] }}
 principals:
@@ -118,6 +121,26 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("verify/jwt_es256", |b| {
         b.iter(|| auth.verify_jwt(black_box(&token), None))
+    });
+    // A login token of the gateway (EdDSA): what a request pays instead of argon2 once the
+    // caller has logged in. The revocation lookup (a hash set, or one Redis EXISTS) is apart.
+    let issuer = auth.tokens().unwrap();
+    let (login_token, _) = issuer
+        .issue("alice", &["alice".to_owned()], &["basic"], None)
+        .unwrap();
+    c.bench_function("verify/login_token_eddsa", |b| {
+        b.iter(|| {
+            let t = black_box(login_token.as_str());
+            assert!(issuer.is_ours(t));
+            issuer.verify(t, None)
+        })
+    });
+    let totp_secret = b"12345678901234567890";
+    let totp = portcullis::auth::totp::Totp::new(totp_secret, &config.totp);
+    let now = portcullis::auth::totp::now_secs();
+    let code = totp.code_at(now);
+    c.bench_function("verify/totp_code", |b| {
+        b.iter(|| totp.check(black_box(&code), now))
     });
     let mut slow = c.benchmark_group("verify_slow");
     slow.sample_size(10);

@@ -798,7 +798,13 @@ impl GatewayService {
                 None => match state.auth.oauth() {
                     // Not a JWT the gateway can check itself: the identity provider decides.
                     Some(idp) if !state.auth.jwt_recognizes(token) => {
-                        match idp.introspect(token).await {
+                        let answer = idp.introspect(token).await;
+                        self.shared.metrics.introspection(match &answer {
+                            Ok(a) if a.active => "active",
+                            Ok(_) => "inactive",
+                            Err(_) => "unavailable",
+                        });
+                        match answer {
                             Ok(answer) if answer.active => introspected = Some(answer),
                             Ok(_) => {
                                 return Err(self.auth_failed(
@@ -951,6 +957,7 @@ impl GatewayService {
                 log.decision = "rate_limit_store_unavailable";
                 return Some(Err(GatewayError::RateLimitStoreUnavailable));
             }
+            self.shared.metrics.login_token("revoked");
             tracing::info!(request_id = %log.request_id, identity = ?caller.identity, "logged out");
             let mut resp = Response::new(crate::proxy::full_body(bytes::Bytes::new()));
             *resp.status_mut() = http::StatusCode::NO_CONTENT;
@@ -981,6 +988,7 @@ impl GatewayService {
                 return Some(Err(GatewayError::TokenNotIssued));
             }
         };
+        self.shared.metrics.login_token("issued");
         tracing::info!(request_id = %log.request_id, identity = %identity, factors = %factors.join(","), "logged in");
         let body = serde_json::json!({
             "access_token": token,

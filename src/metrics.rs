@@ -98,6 +98,18 @@ pub struct Metrics {
     pub certificate_expiry: Family<FileLabel, Gauge<i64, AtomicI64>>,
     /// `portcullis_crl_next_update_seconds{file}`.
     pub crl_next_update: Family<FileLabel, Gauge<i64, AtomicI64>>,
+    /// `portcullis_login_tokens_total{event}`: tokens issued and revoked (logout).
+    pub login_tokens: Family<EventLabel, Counter>,
+    /// `portcullis_introspections_total{result}`: bearer tokens decided by introspection
+    /// (cache hits included): active, inactive, unavailable.
+    pub introspections: Family<ResultLabel, Counter>,
+}
+
+/// `{event}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// What happened.
+    pub event: String,
 }
 
 impl Default for Metrics {
@@ -133,6 +145,18 @@ impl Metrics {
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let certificate_expiry = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
         let crl_next_update = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
+        let login_tokens = Family::<EventLabel, Counter>::default();
+        let introspections = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "login_tokens",
+            "Login tokens issued and revoked (logout), by event",
+            login_tokens.clone(),
+        );
+        registry.register(
+            "introspections",
+            "Bearer tokens decided by OAuth introspection (cache hits included), by result",
+            introspections.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route and status",
@@ -207,7 +231,27 @@ impl Metrics {
             config_reloads,
             certificate_expiry,
             crl_next_update,
+            login_tokens,
+            introspections,
         }
+    }
+
+    /// Counts a login token issued or revoked.
+    pub fn login_token(&self, event: &'static str) {
+        self.login_tokens
+            .get_or_create(&EventLabel {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a bearer token decided by introspection.
+    pub fn introspection(&self, result: &'static str) {
+        self.introspections
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -91,6 +91,13 @@ async fn introspected_tokens_are_active_inactive_or_short_of_a_scope_and_cached(
     assert_eq!(get(&c, "/other", "opaque-unknown").await.status, 401);
     assert_eq!(get(&c, "/other", "opaque-unknown").await.status, 401);
     assert_eq!(idp.calls(), before + 1);
+    let m = crate::support::admin_get(gw.admin.unwrap(), "/metrics").await;
+    for want in [
+        "portcullis_introspections_total{result=\"active\"} 6",
+        "portcullis_introspections_total{result=\"inactive\"} 2",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
 }
 
 #[tokio::test]

@@ -199,6 +199,13 @@ async fn a_login_with_password_and_code_gives_a_token_that_stands_in_for_both() 
     assert_eq!(r.status, 401, "a logged-out token");
     let r = call(&c, "POST", "/auth/logout", &[("authorization", &bearer)]).await;
     assert_eq!(r.status, 401, "already logged out");
+    let m = crate::support::admin_get(gw.admin.unwrap(), "/metrics").await;
+    for want in [
+        "portcullis_login_tokens_total{event=\"issued\"} 1",
+        "portcullis_login_tokens_total{event=\"revoked\"} 1",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
 }
 
 #[tokio::test]

@@ -903,11 +903,21 @@ impl GatewayService {
             if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
                 return Some(Err(GatewayError::MethodNotAllowed("GET, HEAD")));
             }
-            let mut resp = json(http::StatusCode::OK, issuer.jwks());
-            resp.headers_mut().insert(
+            let jwks = issuer.jwks();
+            let len = jwks.len();
+            // HEAD: the headers a GET gets and no body (over HTTP/2 a body would go out as DATA).
+            let body = if req.method() == http::Method::HEAD {
+                bytes::Bytes::new()
+            } else {
+                jwks
+            };
+            let mut resp = json(http::StatusCode::OK, body);
+            let h = resp.headers_mut();
+            h.insert(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("max-age=60"),
             );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             return Some(Ok(resp));
         }
         let login = path == s.login_path;

@@ -164,6 +164,25 @@ async fn a_login_with_password_and_code_gives_a_token_that_stands_in_for_both() 
 
     let (header, claims) = verify_with_jwks(&token, &jwks(&c).await);
     assert_eq!(header["typ"], "JWT");
+    // HEAD gets the headers and no body, over HTTP/2 as well (a body there would be DATA).
+    let h2 = Client::h2(gw.addr, &pki.ca_pem, None);
+    for client in [&c, &h2] {
+        let r = call(client, "HEAD", "/.well-known/jwks.json", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        assert!(
+            r.headers["content-length"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 50
+        );
+    }
+    assert_eq!(
+        call(&c, "POST", "/.well-known/jwks.json", &[]).await.status,
+        405
+    );
     assert_eq!(claims["iss"], "portcullis");
     assert_eq!(claims["aud"], "portcullis");
     assert_eq!(claims["sub"], "alice");

@@ -55,18 +55,34 @@ impl Presented {
         headers: &HeaderMap,
         header: &HeaderName,
     ) -> Result<(), AuthFailure> {
-        let mut all = headers.get_all(header).iter();
-        if let Some(v) = all.next() {
-            if all.next().is_some() {
-                return Err(AuthFailure::Malformed("more than one one-time code header"));
-            }
-            let code = v
-                .to_str()
-                .map_err(|_| AuthFailure::Malformed("one-time code is not visible ASCII"))?;
-            self.otp = Some(code.trim().to_owned());
-        }
+        self.otp = single_header(
+            headers,
+            header,
+            "more than one one-time code header",
+            "one-time code is not visible ASCII",
+        )?
+        .map(|code| code.trim().to_owned());
         Ok(())
     }
+}
+
+/// The value of a header that may appear at most once, as visible ASCII.
+fn single_header<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+    repeated: &'static str,
+    not_ascii: &'static str,
+) -> Result<Option<&'h str>, AuthFailure> {
+    let mut all = headers.get_all(name).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(AuthFailure::Malformed(repeated));
+    }
+    v.to_str()
+        .map(Some)
+        .map_err(|_| AuthFailure::Malformed(not_ascii))
 }
 
 /// Why a presented credential was refused. The variant is logged; the client only sees 401.
@@ -118,25 +134,23 @@ pub fn presented(
     headers: &HeaderMap,
     api_key_header: &HeaderName,
 ) -> Result<Presented, AuthFailure> {
-    let mut p = Presented::default();
-    if headers.get_all(api_key_header).iter().count() > 1 {
-        return Err(AuthFailure::Malformed("more than one API key header"));
-    }
-    if let Some(v) = headers.get(api_key_header) {
-        let key = v
-            .to_str()
-            .map_err(|_| AuthFailure::Malformed("API key is not visible ASCII"))?
-            .trim();
-        p.api_key = Some(key.to_owned());
-    }
-    let mut auths = headers.get_all(header::AUTHORIZATION).iter();
-    if let Some(v) = auths.next() {
-        if auths.next().is_some() {
-            return Err(AuthFailure::Malformed("more than one Authorization header"));
-        }
-        let v = v
-            .to_str()
-            .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII"))?;
+    let api_key = single_header(
+        headers,
+        api_key_header,
+        "more than one API key header",
+        "API key is not visible ASCII",
+    )?
+    .map(|key| key.trim().to_owned());
+    let mut p = Presented {
+        api_key,
+        ..Presented::default()
+    };
+    if let Some(v) = single_header(
+        headers,
+        &header::AUTHORIZATION,
+        "more than one Authorization header",
+        "Authorization is not visible ASCII",
+    )? {
         let (scheme, rest) = v
             .trim()
             .split_once(' ')
@@ -292,15 +306,11 @@ impl Authenticator {
             Some(o) => match oauth::Introspector::new(o) {
                 Ok(i) => Some(i),
                 Err(m) => {
-                    let (pos, key) = o.ca.as_ref().map_or(
-                        (crate::config::Pos { line: 1, column: 1 }, "oauth.ca"),
-                        |f| (f.pos, "oauth.ca"),
-                    );
-                    let shown =
+                    // Only oauth.ca can make it fail (the message names the file).
+                    let pos =
                         o.ca.as_ref()
-                            .map(|f| f.path.display().to_string())
-                            .unwrap_or_default();
-                    problems.push(pos, key, format!("{shown}: {m}"));
+                            .map_or(crate::config::Pos { line: 1, column: 1 }, |f| f.pos);
+                    problems.push(pos, "oauth.ca", m);
                     None
                 }
             },

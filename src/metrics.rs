@@ -147,6 +147,17 @@ impl Metrics {
         let crl_next_update = Family::<FileLabel, Gauge<i64, AtomicI64>>::default();
         let login_tokens = Family::<EventLabel, Counter>::default();
         let introspections = Family::<ResultLabel, Counter>::default();
+        // Every label value known up front, at zero: a rate or an alert sees the first event.
+        for event in ["issued", "revoked"] {
+            let _ = login_tokens.get_or_create(&EventLabel {
+                event: event.to_owned(),
+            });
+        }
+        for result in ["active", "inactive", "unavailable"] {
+            let _ = introspections.get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            });
+        }
         registry.register(
             "login_tokens",
             "Login tokens issued and revoked (logout), by event",

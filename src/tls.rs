@@ -537,3 +537,38 @@ pub fn failure_reason(e: &io::Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// A TLS client configuration for calls the gateway makes itself (a JWKS URL, an OAuth
+/// introspection endpoint): the system roots plus the certificates in `ca`, HTTP/1.1 by ALPN,
+/// the process's crypto provider.
+///
+/// # Errors
+/// `ca` unreadable, not PEM, or holding no certificate (the message starts with its path).
+pub fn https_client(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = ca {
+        let bad = |e: &dyn std::fmt::Debug| format!("{}: {e:?}", ca.display());
+        let mut any = false;
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+            roots
+                .add(c.map_err(|e| bad(&e))?)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            any = true;
+        }
+        if !any {
+            return Err(format!("{}: no PEM certificate in the file", ca.display()));
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -422,8 +422,7 @@ async fn fetch_jwks(url: &http::Uri, ca: Option<&Path>) -> Result<JwkSet, String
 
 async fn fetch_jwks_inner(url: &http::Uri, ca: Option<&Path>) -> Result<JwkSet, String> {
     use http_body_util::BodyExt;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
 
     let host = url
         .host()
@@ -432,26 +431,7 @@ async fn fetch_jwks_inner(url: &http::Uri, ca: Option<&Path>) -> Result<JwkSet, 
         .trim_end_matches(']')
         .to_owned();
     let port = url.port_u16().unwrap_or(443);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("jwks_ca {}: {e:?}", ca.display()))?;
-        for c in certs {
-            let c = c.map_err(|e| format!("jwks_ca {}: {e:?}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("jwks_ca {}: {e}", ca.display()))?;
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = crate::tls::https_client(ca).map_err(|e| format!("jwks_ca {e}"))?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("connect: {e}"))?;

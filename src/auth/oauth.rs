@@ -9,7 +9,6 @@
 //! cached, so the next request asks again.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,7 +76,7 @@ impl Introspector {
     /// An unreadable or invalid `oauth.ca`.
     pub fn new(settings: &OauthSettings) -> Result<Introspector, String> {
         let tls = if settings.introspection_url.scheme_str() == Some("https") {
-            Some(Arc::new(client_config(
+            Some(Arc::new(crate::tls::https_client(
                 settings.ca.as_ref().map(|f| f.path.as_path()),
             )?))
         } else {
@@ -309,36 +308,6 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// A client TLS configuration trusting the system roots and `ca`.
-fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca {
-        let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{e:?}"))?;
-        let mut any = false;
-        for c in certs {
-            roots
-                .add(c.map_err(|e| format!("{e:?}"))?)
-                .map_err(|e| e.to_string())?;
-            any = true;
-        }
-        if !any {
-            return Err("no PEM certificate in the file".into());
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::support::client::{basic, request};
+use crate::support::client::basic;
 use crate::support::gateway::{yaml, yaml_with};
 use crate::support::jwt::{JwksServer, Signer, hs256, jwks, now};
 use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
@@ -16,14 +16,7 @@ fn sha256_hex(key: &str) -> String {
 }
 
 async fn send(c: &Client, path: &str, headers: &[(&str, &str)]) -> crate::support::client::Reply {
-    let mut req = request("GET", path);
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    c.send(req).await.unwrap()
+    crate::support::client::send_with(c, "GET", path, headers).await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::support::client::{basic, request};
+use crate::support::client::{basic, send_with as call};
 use crate::support::gateway::yaml_with;
 use crate::support::otp::{self, SECRET};
 use crate::support::redis::RedisServer;
@@ -14,25 +14,29 @@ use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-async fn call(
-    c: &Client,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> crate::support::client::Reply {
-    let mut req = request(method, path);
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    c.send(req).await.unwrap()
-}
-
 fn write_key(pki: &TestPki, name: &str, alg: &'static rcgen::SignatureAlgorithm) {
     let pem = rcgen::KeyPair::generate_for(alg).unwrap().serialize_pem();
     std::fs::write(pki.file(name), pem).unwrap();
+}
+
+/// A signing key (`alg`) in token.key, alice's password "correct horse", an upstream, and the
+/// full configuration for `policy(.., factors, extra)`.
+async fn setup(
+    pki: &TestPki,
+    alg: &'static rcgen::SignatureAlgorithm,
+    factors: &str,
+    extra: &str,
+) -> (FakeUpstream, String) {
+    write_key(pki, "token.key", alg);
+    let hash = portcullis::auth::hash_password("correct horse").unwrap();
+    let up = FakeUpstream::start().await;
+    let yaml = yaml_with(
+        pki,
+        up.addr,
+        "client_auth: optional",
+        &policy(&hash, factors, extra),
+    );
+    (up, yaml)
 }
 
 fn policy(hash: &str, factors: &str, extra: &str) -> String {
@@ -115,19 +119,8 @@ async fn jwks(c: &Client) -> Value {
 #[tokio::test]
 async fn a_login_with_password_and_code_gives_a_token_that_stands_in_for_both() {
     let pki = TestPki::new();
-    write_key(&pki, "token.key", &rcgen::PKCS_ED25519);
-    let hash = portcullis::auth::hash_password("correct horse").unwrap();
-    let up = FakeUpstream::start().await;
-    let gw = TestGateway::start(
-        &pki,
-        &yaml_with(
-            &pki,
-            up.addr,
-            "client_auth: optional",
-            &policy(&hash, "[basic, totp]", ""),
-        ),
-    )
-    .await;
+    let (up, yaml) = setup(&pki, &rcgen::PKCS_ED25519, "[basic, totp]", "").await;
+    let gw = TestGateway::start(&pki, &yaml).await;
     let c = gw.client(None);
     let alice = basic("alice", "correct horse");
 
@@ -230,15 +223,7 @@ async fn a_login_with_password_and_code_gives_a_token_that_stands_in_for_both() 
 #[tokio::test]
 async fn roles_come_from_the_current_config_and_expired_or_foreign_tokens_are_refused() {
     let pki = TestPki::new();
-    write_key(&pki, "token.key", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let hash = portcullis::auth::hash_password("correct horse").unwrap();
-    let up = FakeUpstream::start().await;
-    let yaml = yaml_with(
-        &pki,
-        up.addr,
-        "client_auth: optional",
-        &policy(&hash, "[basic]", ""),
-    );
+    let (_up, yaml) = setup(&pki, &rcgen::PKCS_ECDSA_P256_SHA256, "[basic]", "").await;
     let gw = TestGateway::start(&pki, &yaml).await;
     let c = gw.client(None);
     let r = call(
@@ -309,19 +294,8 @@ async fn a_token_from_a_login_with_a_certificate_only_works_with_that_certificat
     let mut pki = TestPki::new();
     let bob = pki.client("reader-bob");
     let carol = pki.client("reader-carol");
-    write_key(&pki, "token.key", &rcgen::PKCS_ED25519);
-    let hash = portcullis::auth::hash_password("x").unwrap();
-    let up = FakeUpstream::start().await;
-    let gw = TestGateway::start(
-        &pki,
-        &yaml_with(
-            &pki,
-            up.addr,
-            "client_auth: optional",
-            &policy(&hash, "[certificate]", ""),
-        ),
-    )
-    .await;
+    let (_up, yaml) = setup(&pki, &rcgen::PKCS_ED25519, "[certificate]", "").await;
+    let gw = TestGateway::start(&pki, &yaml).await;
     let r = call(&gw.client(Some(&bob)), "POST", "/auth/login", &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
@@ -344,16 +318,8 @@ async fn a_token_from_a_login_with_a_certificate_only_works_with_that_certificat
 async fn logout_on_one_replica_is_honoured_by_the_other_through_redis() {
     let redis = RedisServer::start();
     let pki = TestPki::new();
-    write_key(&pki, "token.key", &rcgen::PKCS_ED25519);
-    let hash = portcullis::auth::hash_password("correct horse").unwrap();
-    let up = FakeUpstream::start().await;
     let extra = format!("rate_limits:\n  store: {}\n", redis.url());
-    let yaml = yaml_with(
-        &pki,
-        up.addr,
-        "client_auth: optional",
-        &policy(&hash, "[basic]", &extra),
-    );
+    let (_up, yaml) = setup(&pki, &rcgen::PKCS_ED25519, "[basic]", &extra).await;
     let a = TestGateway::start(&pki, &yaml).await;
     let b = TestGateway::start(&pki, &yaml).await;
     let r = call(
@@ -402,19 +368,8 @@ async fn logout_on_one_replica_is_honoured_by_the_other_through_redis() {
 #[tokio::test]
 async fn a_rotated_key_keeps_earlier_tokens_valid_and_published() {
     let pki = TestPki::new();
-    write_key(&pki, "token.key", &rcgen::PKCS_ED25519);
-    let hash = portcullis::auth::hash_password("correct horse").unwrap();
-    let up = FakeUpstream::start().await;
-    let gw = TestGateway::start(
-        &pki,
-        &yaml_with(
-            &pki,
-            up.addr,
-            "client_auth: optional",
-            &policy(&hash, "[basic]", ""),
-        ),
-    )
-    .await;
+    let (_up, yaml) = setup(&pki, &rcgen::PKCS_ED25519, "[basic]", "").await;
+    let gw = TestGateway::start(&pki, &yaml).await;
     let c = gw.client(None);
     let alice = basic("alice", "correct horse");
     let login = |c: &Client| {

@@ -1,21 +1,14 @@
 //! One-time codes (RFC 6238) as the `totp` factor: right, wrong, replayed and stale codes,
 //! the failure budget, header stripping, and replays refused across replicas through Redis.
 
-use crate::support::client::{basic, request};
+use crate::support::client::basic;
 use crate::support::gateway::yaml_with;
 use crate::support::otp::{self, SECRET};
 use crate::support::redis::RedisServer;
 use crate::support::{Client, FakeUpstream, TestGateway, TestPki};
 
 async fn send(c: &Client, path: &str, headers: &[(&str, &str)]) -> crate::support::client::Reply {
-    let mut req = request("GET", path);
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    c.send(req).await.unwrap()
+    crate::support::client::send_with(c, "GET", path, headers).await
 }
 
 fn policy(hash: &str, extra: &str) -> String {

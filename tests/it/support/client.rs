@@ -249,3 +249,15 @@ pub fn basic(user: &str, pass: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     )
 }
+
+/// `method path` with extra headers, through `c`; panics when the exchange itself fails.
+pub async fn send_with(c: &Client, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = request(method, path);
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    c.send(req).await.unwrap()
+}

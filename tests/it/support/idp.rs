@@ -35,21 +35,7 @@ impl Idp {
 
     /// On a given address (to come back where a stopped one was).
     pub async fn start_on(pki: &TestPki, at: SocketAddr) -> Idp {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pki.file("server.crt"))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_file(pki.file("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_tls());
         let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tokens: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();

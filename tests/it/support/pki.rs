@@ -126,3 +126,26 @@ impl TestPki {
         std::fs::write(self.dir.path().join("ca.crl"), pem).unwrap();
     }
 }
+
+impl TestPki {
+    /// A TLS server configuration with this PKI's server certificate, for test servers that
+    /// the gateway calls over https (a JWKS URL, an introspection endpoint).
+    pub fn server_tls(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(self.file("server.crt"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(self.file("server.key")).unwrap();
+        std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        )
+    }
+}

@@ -129,24 +129,33 @@ impl Introspector {
             .entry(key)
             .or_default()
             .clone();
-        let result = cell
-            .get_or_init(|| async {
-                self.calls
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let r = self.call(token).await.map(Arc::new);
-                if let Ok(answer) = &r {
-                    self.remember(key, answer.clone());
-                }
-                r
-            })
-            .await
-            .clone();
-        // The call is over: later requests use the cache (or, after a failure, ask again).
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&key);
-        }
-        result
+        // Removes the entry when the call is over, and also when every request waiting for it
+        // went away first (a client that disconnects mid-call), so the table holds only calls
+        // someone still waits for.
+        let _leave = Leave {
+            inflight: &self.inflight,
+            key,
+            cell: cell.clone(),
+        };
+        cell.get_or_init(|| async {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let r = self.call(token).await.map(Arc::new);
+            if let Ok(answer) = &r {
+                self.remember(key, answer.clone());
+            }
+            r
+        })
+        .await
+        .clone()
+    }
+
+    #[cfg(test)]
+    fn inflight_len(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -243,6 +252,27 @@ impl Introspector {
     }
 }
 
+/// A request's hold on an in-flight call; see [`Introspector::introspect`].
+struct Leave<'a> {
+    inflight: &'a Mutex<HashMap<[u8; 32], Shared>>,
+    key: [u8; 32],
+    cell: Shared,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = inflight
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Done (the answer is cached, or the failure must be asked again), or nobody else
+        // waits: the table's reference and this one are the last two.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 3) {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
 async fn send<T>(
     io: T,
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
@@ -330,6 +360,39 @@ mod tests {
         );
         assert!(parse(br#"{"sub":"u1"}"#).is_err(), "active is required");
         assert!(parse(b"<html>").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_call_every_requester_abandoned_leaves_nothing_behind() {
+        // A provider that accepts and never answers; the requests give up first.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/introspect", silent.local_addr().unwrap());
+        let settings = OauthSettings {
+            introspection_url: url.parse().unwrap(),
+            client_id: "gw".into(),
+            client_secret: crate::config::Secret(b"s".to_vec()),
+            ca: None,
+            cache: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+        };
+        let idp = Arc::new(Introspector::new(&settings).unwrap());
+        let mut waiting = Vec::new();
+        for i in 0..20 {
+            let idp = idp.clone();
+            // Two requests per token: the second waits on the first one's call.
+            waiting.push(tokio::spawn(async move {
+                idp.introspect(&format!("t{}", i / 2)).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(idp.inflight_len(), 10);
+        for w in &waiting {
+            w.abort();
+        }
+        for w in waiting {
+            let _ = w.await;
+        }
+        assert_eq!(idp.inflight_len(), 0, "abandoned calls are forgotten");
     }
 
     #[test]

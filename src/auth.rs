@@ -106,6 +106,8 @@ pub enum AuthFailure {
     BadCode,
     /// The current code, but one already accepted for this principal (a replay).
     ReplayedCode,
+    /// The principal collected too many wrong codes lately; codes are refused unchecked.
+    CodesLocked,
 }
 
 impl std::fmt::Display for AuthFailure {
@@ -122,6 +124,9 @@ impl std::fmt::Display for AuthFailure {
             }
             AuthFailure::BadCode => f.write_str("wrong one-time code"),
             AuthFailure::ReplayedCode => f.write_str("one-time code already used"),
+            AuthFailure::CodesLocked => f.write_str(
+                "too many wrong one-time codes for this principal lately; refused unchecked",
+            ),
         }
     }
 }
@@ -394,6 +399,14 @@ impl Authenticator {
     /// The header one-time codes arrive in, when any principal has a TOTP secret.
     pub fn totp_header(&self) -> Option<&HeaderName> {
         self.totp_header.as_ref()
+    }
+
+    /// Of `principals`, those with a TOTP secret.
+    pub fn totp_principals<'p>(&self, principals: &'p [String]) -> impl Iterator<Item = &'p str> {
+        principals
+            .iter()
+            .filter(|p| self.totp.contains_key(*p))
+            .map(String::as_str)
     }
 
     /// Checks a one-time code against the secrets of the principals a request identified.

@@ -143,6 +143,8 @@ pub struct Shared {
     pub used_totp: crate::auth::totp::UsedSteps,
     /// Login tokens logged out, until they expire (kept across reloads).
     pub revoked_tokens: crate::auth::tokens::Revoked,
+    /// Wrong one-time codes per principal (kept across reloads).
+    pub wrong_totp: crate::auth::totp::WrongCodes,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Shared {
             peers: PeerCache::default(),
             used_totp: crate::auth::totp::UsedSteps::default(),
             revoked_tokens: crate::auth::tokens::Revoked::default(),
+            wrong_totp: crate::auth::totp::WrongCodes::default(),
         })
     }
 
@@ -1024,10 +1027,27 @@ impl GatewayService {
         log: &mut RequestLog,
     ) -> Result<(), GatewayError> {
         let now = crate::auth::totp::now_secs();
-        let (principal, step) = state
+        let instant = Instant::now();
+        let wrong = &self.shared.wrong_totp;
+        if state
             .auth
-            .verify_totp(&caller.principals, code, now)
-            .map_err(|f| self.auth_failed(f, log))?;
+            .totp_principals(&caller.principals)
+            .any(|p| wrong.locked(p, instant))
+        {
+            return Err(self.auth_failed(AuthFailure::CodesLocked, log));
+        }
+        let (principal, step) = match state.auth.verify_totp(&caller.principals, code, now) {
+            Ok(found) => found,
+            Err(f) => {
+                if f == AuthFailure::BadCode {
+                    for p in state.auth.totp_principals(&caller.principals) {
+                        wrong.wrong(p, instant);
+                    }
+                }
+                return Err(self.auth_failed(f, log));
+            }
+        };
+        wrong.right(principal);
         let t = &state.config.totp;
         // A code is accepted until `skew` steps after its own; the step it matched lies at
         // most `skew` steps ahead of now, so its record must outlive 2 x skew + 1 steps.

@@ -178,9 +178,75 @@ impl UsedSteps {
     }
 }
 
+/// Wrong codes a principal may collect within [`WRONG_WINDOW`] before its codes are refused
+/// unchecked for the rest of the window (RFC 4226 §7.3 throttling). Only a caller who already
+/// proved the principal's other credential reaches the code check, so this stops a stolen
+/// password from walking the code space from many addresses, which the per-client
+/// `auth_failures` budget alone would not.
+pub const MAX_WRONG: u32 = 10;
+
+/// See [`MAX_WRONG`].
+pub const WRONG_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Wrong codes per principal, in this process (bounded by the configuration's principals).
+#[derive(Debug, Default)]
+pub struct WrongCodes {
+    by: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+}
+
+impl WrongCodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, std::time::Instant)>> {
+        self.by.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `principal` has spent its wrong codes for the current window.
+    pub fn locked(&self, principal: &str, now: std::time::Instant) -> bool {
+        self.lock().get(principal).is_some_and(|(n, since)| {
+            *n >= MAX_WRONG && now.saturating_duration_since(*since) < WRONG_WINDOW
+        })
+    }
+
+    /// Counts a wrong code for `principal`.
+    pub fn wrong(&self, principal: &str, now: std::time::Instant) {
+        let mut by = self.lock();
+        if by.len() >= SWEEP_AT {
+            by.retain(|_, (_, since)| now.saturating_duration_since(*since) < WRONG_WINDOW);
+        }
+        let entry = by.entry(principal.to_owned()).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= WRONG_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
+    /// A right code starts the count over.
+    pub fn right(&self, principal: &str) {
+        self.lock().remove(principal);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrong_codes_lock_a_principal_for_the_rest_of_the_window() {
+        let w = WrongCodes::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..MAX_WRONG - 1 {
+            w.wrong("alice", t0);
+        }
+        assert!(!w.locked("alice", t0));
+        w.wrong("alice", t0);
+        assert!(w.locked("alice", t0));
+        assert!(!w.locked("bob", t0), "per principal");
+        assert!(
+            !w.locked("alice", t0 + WRONG_WINDOW),
+            "until the window ends"
+        );
+        w.right("alice");
+        assert!(!w.locked("alice", t0));
+    }
 
     fn settings(digits: u8) -> TotpSettings {
         TotpSettings {

@@ -185,3 +185,52 @@ async fn a_code_one_replica_accepted_is_refused_by_the_other_through_redis() {
     );
     assert!(!keys.iter().any(|k| k.contains("alice")), "{keys:?}");
 }
+
+/// A stolen password cannot walk the code space from many addresses: past ten wrong codes in
+/// ten minutes, the principal's codes are refused unchecked, whatever the client's own budget.
+#[tokio::test]
+async fn ten_wrong_codes_lock_the_principals_codes_for_the_window() {
+    let pki = TestPki::new();
+    let hash = portcullis::auth::hash_password("correct horse").unwrap();
+    let up = FakeUpstream::start().await;
+    // A client budget far above ten, so the per-principal limit is what stops the guessing.
+    let text = policy(&hash, "").replace("burst: 6", "burst: 100");
+    let gw = TestGateway::start(
+        &pki,
+        &yaml_with(&pki, up.addr, "client_auth: optional", &text),
+    )
+    .await;
+    let c = gw.client(None);
+    let alice = basic("alice", "correct horse");
+    let now = otp::now();
+    let right = otp::code(SECRET, now);
+    let window: Vec<String> = (0..3)
+        .map(|i| otp::code(SECRET, now - 30 + 30 * i))
+        .collect();
+    let mut wrong = (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .filter(|c| !window.contains(c));
+    for _ in 0..10 {
+        let code = wrong.next().unwrap();
+        let r = send(
+            &c,
+            "/secure/x",
+            &[("authorization", &alice), ("x-otp", &code)],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = send(
+        &c,
+        "/secure/x",
+        &[("authorization", &alice), ("x-otp", &right)],
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "the right code is refused unchecked once the principal is locked"
+    );
+    // The password alone still works where no code is needed.
+    let r = send(&c, "/docs", &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 200);
+}

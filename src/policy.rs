@@ -269,7 +269,23 @@ impl Policy {
         let identity = v
             .cert
             .map(|c| (c.identity().to_owned(), Factor::Certificate))
-            .or_else(|| v.token.map(|t| (t.sub.clone(), Factor::Token)))
+            .or_else(|| {
+                // The identity keeps the kind of credential it came from at login, so a
+                // caller's rate-limit budget is the same with the token as without it.
+                v.token.map(|t| {
+                    let origin = [
+                        Factor::Certificate,
+                        Factor::Oauth,
+                        Factor::Jwt,
+                        Factor::ApiKey,
+                        Factor::Basic,
+                    ]
+                    .into_iter()
+                    .find(|f| t.amr.iter().any(|a| a == f.as_str()))
+                    .unwrap_or(Factor::Token);
+                    (t.sub.clone(), origin)
+                })
+            })
             .or_else(|| {
                 v.oauth.and_then(|o| {
                     o.sub
@@ -683,6 +699,33 @@ routes:
                 "{method} {host:?} {path}"
             );
         }
+    }
+
+    #[test]
+    fn a_login_token_keeps_the_identity_kind_of_its_login() {
+        let policy = policy();
+        let claims = crate::auth::tokens::TokenClaims {
+            iss: String::new(),
+            aud: String::new(),
+            sub: "alice".into(),
+            exp: 0,
+            iat: 0,
+            jti: String::new(),
+            prn: vec!["alice".into()],
+            amr: vec!["basic".into(), "totp".into()],
+            cnf: None,
+        };
+        let c = policy.identify(&Verified {
+            token: Some(&claims),
+            ..Verified::default()
+        });
+        assert_eq!(c.identity.as_deref(), Some("alice"));
+        assert_eq!(
+            c.identity_factor,
+            Some(Factor::Basic),
+            "the same rate-limit budget as the password's"
+        );
+        assert_eq!(c.factors, [Factor::Basic, Factor::Totp, Factor::Token]);
     }
 
     #[test]

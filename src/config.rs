@@ -392,6 +392,8 @@ pub struct TestRequest {
     pub totp: bool,
     /// The caller presents a login token of this gateway with these claims.
     pub token: Option<crate::auth::tokens::TokenClaims>,
+    /// The caller presents an OAuth token the identity provider calls active with these.
+    pub oauth: Option<crate::auth::oauth::Introspection>,
     /// Source address (default 127.0.0.1).
     pub source_ip: std::net::IpAddr,
     /// Request headers.

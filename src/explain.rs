@@ -422,7 +422,7 @@ fn run_case(config: &Config, policy: &Policy, t: &TestCase) -> TestOutcome {
         jwt: claims.as_ref(),
         basic,
         token: r.token.as_ref(),
-        oauth: None,
+        oauth: r.oauth.as_ref(),
     };
     let mut caller = policy.identify(&verified);
     let name = t.name.clone();

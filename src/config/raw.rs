@@ -112,8 +112,17 @@ pub struct RawTestRequest {
     pub basic_user: Option<Sp<String>>,
     pub totp: Option<Sp<bool>>,
     pub token: Option<Sp<RawTestToken>>,
+    pub oauth: Option<Sp<RawTestOauth>>,
     pub source_ip: Option<Sp<String>>,
     pub headers: Option<Sp<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestOauth {
+    pub client_id: Option<Sp<String>>,
+    pub sub: Option<Sp<String>>,
+    pub scope: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1077,6 +1077,28 @@ impl Resolver {
             jwt,
             basic_user,
             totp: r.totp.as_ref().is_some_and(|t| t.value),
+            oauth: match &r.oauth {
+                Some(o) => {
+                    let k = format!("{key}.oauth");
+                    let mut text = |v: &Option<Sp<String>>, f: &str| match v {
+                        Some(v) => self.string(v, &format!("{k}.{f}")).map(Some),
+                        None => Some(None),
+                    };
+                    let client_id = text(&o.value.client_id, "client_id")?;
+                    let sub = text(&o.value.sub, "sub")?;
+                    let scope = text(&o.value.scope, "scope")?;
+                    Some(crate::auth::oauth::Introspection {
+                        active: true,
+                        client_id,
+                        sub,
+                        scopes: scope
+                            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                            .unwrap_or_default(),
+                        exp: None,
+                    })
+                }
+                None => None,
+            },
             token: match &r.token {
                 Some(t) => Some(self.test_token(t, &format!("{key}.token"), principals)?),
                 None => None,

@@ -190,3 +190,14 @@ fn oauth_settings_are_checked_where_they_are_written() {
         "http is allowed on loopback"
     );
 }
+
+#[test]
+fn policy_tests_can_present_an_introspected_token() {
+    let text = "listen: \"127.0.0.1:0\"\ntls: { cert: s.crt, key: s.key, client_auth: off }\nupstreams: { app: { url: \"http://127.0.0.1:9\" } }\noauth: { introspection_url: \"https://idp/i\", client_id: a, client_secret: b }\nprincipals:\n  - { name: partner-app, oauth: { client_id: \"partner-*\", scope: \"orders:read\" }, roles: [orders] }\nroutes:\n  - { name: orders, match: { prefix: /orders/ }, upstream: app, allow: { roles: [orders] } }\ntests:\n  - name: a partner with the scope\n    request: { path: /orders/1, oauth: { client_id: partner-7, scope: \"orders:read orders:write\" } }\n    expect: allow\n  - name: a partner without it\n    request: { path: /orders/1, oauth: { client_id: partner-7, scope: profile } }\n    expect: \"403\"\n  - name: another client\n    request: { path: /orders/1, oauth: { client_id: other, scope: \"orders:read\" } }\n    expect: \"403\"\n";
+    let config = portcullis::config::from_str(text, std::path::Path::new("gateway.yaml")).unwrap();
+    let outcomes = portcullis::explain::run_tests(&config);
+    assert_eq!(outcomes.len(), 3);
+    for o in &outcomes {
+        assert!(o.failure.is_none(), "{}: {:?}", o.name, o.failure);
+    }
+}

@@ -257,56 +257,22 @@ impl Authenticator {
             let secret = match &p.totp {
                 None => continue,
                 Some(TotpSource::Inline(s)) => s.0.clone(),
-                Some(TotpSource::File(f)) => match std::fs::read_to_string(&f.path) {
-                    Ok(text) => match totp::parse_secret(&text) {
-                        Ok(s) => s,
-                        Err(m) => {
-                            problems.push(f.pos, &f.key, format!("{}: {m}", f.path.display()));
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        problems.push(
-                            f.pos,
-                            &f.key,
-                            format!(
-                                "{}: {}",
-                                f.path.display(),
-                                crate::config::read_error(&f.path, &e)
-                            ),
-                        );
-                        continue;
+                Some(TotpSource::File(f)) => {
+                    match load_file(&mut problems, f, |bytes| {
+                        totp::parse_secret(&String::from_utf8_lossy(&bytes))
+                    }) {
+                        Some(s) => s,
+                        None => continue,
                     }
-                },
+                }
             };
             totps.insert(p.name.clone(), totp::Totp::new(&secret, &config.totp));
         }
-        let issuer = match &config.tokens {
-            Some(t) => match std::fs::read(&t.signing_key.path) {
-                Ok(pem) => match tokens::TokenIssuer::new(t, &pem) {
-                    Ok(i) => Some(i),
-                    Err(m) => {
-                        let f = &t.signing_key;
-                        problems.push(f.pos, &f.key, format!("{}: {m}", f.path.display()));
-                        None
-                    }
-                },
-                Err(e) => {
-                    let f = &t.signing_key;
-                    problems.push(
-                        f.pos,
-                        &f.key,
-                        format!(
-                            "{}: {}",
-                            f.path.display(),
-                            crate::config::read_error(&f.path, &e)
-                        ),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
+        let issuer = config.tokens.as_ref().and_then(|t| {
+            load_file(&mut problems, &t.signing_key, |pem| {
+                tokens::TokenIssuer::new(t, &pem)
+            })
+        });
         let introspector = match &config.oauth {
             Some(o) => match oauth::Introspector::new(o) {
                 Ok(i) => Some(i),
@@ -529,6 +495,25 @@ impl Authenticator {
             return Err(AuthFailure::NotConfigured("bearer"));
         };
         v.verify(token, cert)
+    }
+}
+
+/// Reads a file the configuration names and makes something of its bytes; a failure of
+/// either is recorded at the key that named the file, with the file's path.
+fn load_file<T>(
+    problems: &mut crate::config::Problems,
+    f: &crate::config::FileRef,
+    make: impl FnOnce(Vec<u8>) -> Result<T, String>,
+) -> Option<T> {
+    let made = std::fs::read(&f.path)
+        .map_err(|e| crate::config::read_error(&f.path, &e))
+        .and_then(make);
+    match made {
+        Ok(t) => Some(t),
+        Err(m) => {
+            problems.push(f.pos, &f.key, format!("{}: {m}", f.path.display()));
+            None
+        }
     }
 }
 

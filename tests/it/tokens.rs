@@ -110,6 +110,17 @@ fn es256_key(pem: &[u8]) -> jsonwebtoken::EncodingKey {
     jsonwebtoken::EncodingKey::from_ec_der(der.secret_pkcs8_der())
 }
 
+/// GET `path` with `token` as the bearer.
+async fn get_with_token(c: &Client, path: &str, token: &str) -> crate::support::client::Reply {
+    call(
+        c,
+        "GET",
+        path,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
 async fn jwks(c: &Client) -> Value {
     let r = call(c, "GET", "/.well-known/jwks.json", &[]).await;
     assert_eq!(r.status, 200);
@@ -253,26 +264,14 @@ async fn roles_come_from_the_current_config_and_expired_or_foreign_tokens_are_re
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     h.kid = header["kid"].as_str().map(str::to_owned);
     let expired = jsonwebtoken::encode(&h, &stale, &es256_key(&key)).unwrap();
-    let r = call(
-        &c,
-        "GET",
-        "/docs",
-        &[("authorization", &format!("Bearer {expired}"))],
-    )
-    .await;
+    let r = get_with_token(&c, "/docs", &expired).await;
     assert_eq!(r.status, 401, "expired");
     // A token signed by another key under the same kid: refused.
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .unwrap()
         .serialize_pem();
     let forged = jsonwebtoken::encode(&h, &claims, &es256_key(other.as_bytes())).unwrap();
-    let r = call(
-        &c,
-        "GET",
-        "/docs",
-        &[("authorization", &format!("Bearer {forged}"))],
-    )
-    .await;
+    let r = get_with_token(&c, "/docs", &forged).await;
     assert_eq!(r.status, 401, "bad signature");
 
     // alice loses her role: the token she holds loses it at once.
@@ -391,13 +390,7 @@ async fn a_rotated_key_keeps_earlier_tokens_valid_and_published() {
     let (new_header, _) = verify_with_jwks(&new, &set);
     assert_ne!(old_header["kid"], new_header["kid"]);
     for token in [&old, &new] {
-        let r = call(
-            &c,
-            "GET",
-            "/docs",
-            &[("authorization", &format!("Bearer {token}"))],
-        )
-        .await;
+        let r = get_with_token(&c, "/docs", token).await;
         assert_eq!(r.status, 200);
     }
 }
